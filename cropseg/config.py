@@ -1,0 +1,151 @@
+"""The one configuration object.
+
+:class:`Config` is a frozen dataclass tree with every tunable of the pipeline and its default.
+It loads from TOML (``Config.from_toml``), rejects unknown keys and carries a ``version``. Only
+the high-level pipeline functions and the CLI read it; the stage functions take explicit
+keyword arguments.
+
+Example TOML::
+
+    version = 1
+    [labels]
+    field = "CLASS1"
+    crop_classes = ["G", "R", "F", "P", "T", "D", "C", "V"]
+    [train]
+    k_values = [3, 5, 7, 9, 11, 15, 21, 31]
+    [polygonize]
+    median_size = 5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cropseg.errors import ConfigError, InputFileNotFoundError
+
+CONFIG_VERSION = 1
+
+#: DWR land-use survey CLASS1 codes that the reference analysis calls crop.
+DWR_CROP_CLASSES: tuple[str, ...] = ("G", "R", "F", "P", "T", "D", "C", "V")
+
+Product = Literal["auto", "analytic", "analytic_sr"]
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How ground-truth polygons become crop / non-crop pixels."""
+
+    field: str = "CLASS1"
+    crop_classes: tuple[str, ...] = DWR_CROP_CLASSES
+
+
+@dataclass(frozen=True)
+class RadiometryConfig:
+    """How DNs become reflectance and which UDM2 flags remove pixels."""
+
+    product: Product = "auto"
+    mask_haze: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Reference KNN training."""
+
+    k_values: tuple[int, ...] = (3, 5, 7, 9, 11, 15, 21, 31)
+    cv_folds: int = 3
+    cv_block: int = 64
+    sample_size: int = 60_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Tiled prediction."""
+
+    tile_size: int = 512
+
+
+@dataclass(frozen=True)
+class PolygonizeConfig:
+    """Crop mask to field polygons."""
+
+    median_size: int = 5
+    simplify: float = 3.0
+    min_area: float = 2500.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of the cropseg pipeline."""
+
+    version: int = CONFIG_VERSION
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    radiometry: RadiometryConfig = field(default_factory=RadiometryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    polygonize: PolygonizeConfig = field(default_factory=PolygonizeConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build a config from nested dicts, rejecting unknown keys and wrong versions."""
+        version = data.get("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {version!r} is not supported; this cropseg reads version {CONFIG_VERSION}"
+            )
+        built: Config = _build(cls, data, "")
+        return built
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Load a TOML config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(data)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some sections replaced, e.g. ``cfg.replace(train=TrainConfig(seed=1))``."""
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON / TOML serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or 'root'!r} must be a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known keys here: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{prefix}{name}.")
+        elif isinstance(default, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"config key {prefix}{name} must be a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        else:
+            if default is not None and not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int)
+            ):
+                raise ConfigError(
+                    f"config key {prefix}{name} must be {type(default).__name__}, got {value!r}"
+                )
+            kwargs[name] = value
+    return cls(**kwargs)
