@@ -63,8 +63,8 @@ class Grid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
     @classmethod
@@ -83,7 +83,7 @@ class Grid:
 
     def window_grid(self, window: Window) -> Grid:
         """The grid of a window of this grid."""
-        transform = self.transform * Affine.translation(window.col_off, window.row_off)
+        transform = self.transform @ Affine.translation(window.col_off, window.row_off)
         return Grid(transform, self.crs, window.width, window.height)
 
     def windows(self, tile: int) -> Iterator[Window]:

@@ -17,6 +17,7 @@ import numpy as np
 from rasterio.features import geometry_mask, rasterize
 from shapely.geometry import box
 
+from cropseg import raster_io, vector_io
 from cropseg.errors import LabelError, NoOverlapError
 from cropseg.grid import Grid
 
@@ -116,3 +117,43 @@ def check_labels(labels: np.ndarray, source: str | Path = "labels") -> None:
             f"{source}: every labelled pixel is {only}; the labels need both classes. Check --label-field and "
             "--crop-classes, or give an AOI larger than the crop polygons"
         )
+
+
+def load_labels(
+    labels: str | Path,
+    grid: Grid,
+    aoi: str | Path | None = None,
+    field: str | None = "CLASS1",
+    crop_classes: Sequence[str] = ("G", "R", "F", "P", "T", "D", "C", "V"),
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """File edge of this stage: labels from a vector file or a label raster, on ``grid``.
+
+    Args:
+        labels: ground-truth polygons (any vector format cropseg reads) or a label raster on any
+            grid (1 crop, 0 non-crop, 255 nodata).
+        grid: the image grid.
+        aoi: optional AOI vector file; outside it is nodata.
+        field: class attribute of the polygons (``None``: every polygon is crop).
+        crop_classes: values of ``field`` that are crop.
+        valid: optional boolean mask of valid image pixels.
+
+    Returns:
+        uint8 (rows, cols): 1 crop, 0 non-crop, 255 nodata.
+    """
+    if vector_io.is_raster_path(labels):
+        out = raster_io.reproject_to_grid(labels, grid, nodata=NODATA, what="label raster").astype(np.uint8)
+        bad = ~np.isin(out, (CROP, NONCROP, NODATA))
+        if bad.any():
+            values = ", ".join(str(v) for v in np.unique(out[bad])[:5])
+            raise LabelError(
+                f"label raster {labels} holds values other than 1 (crop), 0 (non-crop) and 255 (nodata): {values}"
+            )
+        if aoi is not None:
+            out[~aoi_mask(vector_io.read_vector(aoi, "AOI"), grid)] = NODATA
+        if valid is not None:
+            out[~valid] = NODATA
+        return out
+    truth = vector_io.read_vector(labels, "ground truth")
+    aoi_gdf = vector_io.read_vector(aoi, "AOI") if aoi is not None else None
+    return rasterize_labels(truth, grid, field=field, crop_classes=crop_classes, aoi=aoi_gdf, valid=valid)

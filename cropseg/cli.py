@@ -1,0 +1,254 @@
+"""The command-line interface: a thin typer layer over the Python API.
+
+Each command parses its options, calls one API function and prints the result. Errors that
+cropseg raises on purpose (:class:`cropseg.errors.CropSegError`) become one ``Error:`` line on
+stderr and exit code 1; usage errors exit with 2 (typer's default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cropseg.config import Config
+from cropseg.errors import CropSegError
+from cropseg.progress import ProgressCallback
+
+app = typer.Typer(
+    name="cropseg",
+    help="Open, local-first crop / non-crop segmentation for satellite imagery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ImageOpt = Annotated[Path, typer.Option("--image", help="Image GeoTIFF (4-band B,G,R,NIR) or a scene folder.")]
+MetadataOpt = Annotated[Path | None, typer.Option("--metadata", help="Planet metadata XML (found beside the image).")]
+Udm2Opt = Annotated[Path | None, typer.Option("--udm2", help="UDM2 usable-data mask (found beside the image).")]
+ProductOpt = Annotated[
+    str, typer.Option("--product", help="analytic (DN x XML coefficient), analytic_sr (DN / 10000) or auto.")
+]
+AoiOpt = Annotated[Path | None, typer.Option("--aoi", help="Area of interest (any vector format).")]
+FieldOpt = Annotated[
+    str, typer.Option("--label-field", help="Class attribute of the polygons; '' = every polygon is crop.")
+]
+ClassesOpt = Annotated[str, typer.Option("--crop-classes", help="Comma-separated values of the field that are crop.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (see cropseg.config).")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(func: F) -> F:
+    """Turn cropseg's errors into one message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CropSegError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            console.print("Interrupted.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator[ProgressCallback]:
+    """A progress callback that drives rich progress bars, one per description."""
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def callback(description: str, completed: int, total: int) -> None:
+        if description not in tasks:
+            tasks[description] = bars.add_task(description, total=total)
+        bars.update(tasks[description], completed=completed, total=total)
+
+    with bars:
+        yield callback
+
+
+def _config(path: Path | None) -> Config:
+    return Config.from_toml(path) if path else Config()
+
+
+def _field(value: str) -> str | None:
+    return value or None
+
+
+def _classes(value: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def _product(value: str) -> Any:
+    if value not in ("auto", "analytic", "analytic_sr"):
+        raise typer.BadParameter(f"{value!r}: choose auto, analytic or analytic_sr", param_hint="--product")
+    return value
+
+
+@app.command()
+@handle_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    labels: Annotated[Path | None, typer.Option("--labels", help="Ground-truth polygons; none: procedural.")] = None,
+    aoi: AoiOpt = None,
+    label_field: FieldOpt = "CLASS1",
+    crop_classes: ClassesOpt = "G,R,F,P,T,D,C,V",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same scene).")] = 0,
+    change_rate: Annotated[float, typer.Option(help="Share of fields changed between label and image year.")] = 0.1,
+    clouds: Annotated[float, typer.Option(help="Share of the AOI under cloud (0: none).")] = 0.0,
+) -> None:
+    """Generate a PlanetScope-like scene (DN, metadata XML, UDM2, label-year and image-year truth)."""
+    from cropseg.synth import run_synth
+
+    with console.status("Synthesizing scene"):
+        files = run_synth(
+            labels, aoi, out, field=_field(label_field), crop_classes=_classes(crop_classes),
+            seed=seed, change_rate=change_rate, clouds=clouds,
+        )
+    for name, path in files.items():
+        console.print(f"  {name:<10} {path}")
+
+
+@app.command()
+@handle_errors
+def train(
+    image: ImageOpt,
+    labels: Annotated[Path, typer.Option("--labels", help="Ground-truth polygons or a label raster.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    metadata: MetadataOpt = None,
+    udm2: Udm2Opt = None,
+    aoi: AoiOpt = None,
+    model: Annotated[str, typer.Option("--model", help="Model kind.")] = "knn",
+    product: ProductOpt = "auto",
+    label_field: FieldOpt = "CLASS1",
+    crop_classes: ClassesOpt = "G,R,F,P,T,D,C,V",
+    config: ConfigOpt = None,
+) -> None:
+    """Train a model on one scene and its ground truth."""
+    from cropseg.train import train_from_files
+
+    with progress_bars() as progress:
+        result = train_from_files(
+            image, labels, out, metadata=metadata, udm2=udm2, aoi=aoi, product=_product(product), kind=model,
+            label_field=_field(label_field), crop_classes=_classes(crop_classes), config=_config(config),
+            progress=progress,
+        )
+    cv = result.report["cv"]
+    console.print(f"Cross-validation ({cv['method']}, {cv['scoring']}):")
+    for row in cv["table"]:
+        console.print(f"  k={row['k']:<3} {row['mean_f1_weighted']:.4f} ± {row['std_f1_weighted']:.4f}")
+    console.print(
+        f"Chosen k={cv['chosen']['n_neighbors']}: blocked CV F1 {cv['blocked_cv_f1_weighted']:.4f}, "
+        f"random-split CV F1 {cv['random_cv_f1_weighted']:.4f} (random splits overstate accuracy)"
+    )
+    console.print(f"Model written to {result.model_dir}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="Model directory from cropseg train.")],
+    image: ImageOpt,
+    out: Annotated[Path, typer.Option("--out", help="Prediction GeoTIFF (COG) to write.")],
+    metadata: MetadataOpt = None,
+    udm2: Udm2Opt = None,
+    product: ProductOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Predict crop / non-crop over a whole scene (uint8 COG: 1 crop, 0 non-crop, 255 nodata)."""
+    from cropseg.predict import predict_from_files
+
+    with progress_bars() as progress:
+        path = predict_from_files(
+            model, image, out, metadata=metadata, udm2=udm2, product=_product(product), config=_config(config),
+            progress=progress,
+        )
+    console.print(f"Prediction written to {path}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", help="Prediction GeoTIFF.")],
+    labels: Annotated[Path, typer.Option("--labels", help="Ground-truth polygons or a label raster.")],
+    aoi: AoiOpt = None,
+    label_field: FieldOpt = "CLASS1",
+    crop_classes: ClassesOpt = "G,R,F,P,T,D,C,V",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+) -> None:
+    """Score a prediction: classification report, crop IoU, confusion matrix."""
+    from cropseg.evaluate import evaluate_files, format_metrics
+    from cropseg.raster_io import atomic_path
+
+    metrics = evaluate_files(
+        pred, labels, aoi=aoi, label_field=_field(label_field), crop_classes=_classes(crop_classes)
+    )
+    typer.echo(format_metrics(metrics))
+    if json_out:
+        with atomic_path(json_out, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        console.print(f"Metrics written to {json_out}")
+
+
+@app.command()
+@handle_errors
+def polygonize(
+    pred: Annotated[Path, typer.Option("--pred", help="Prediction GeoTIFF.")],
+    out: Annotated[Path, typer.Option("--out", help="GeoJSON to write (RFC 7946, EPSG:4326).")],
+    gpkg: Annotated[Path | None, typer.Option("--gpkg", help="GeoPackage in the image CRS (default: beside --out).")]
+    = None,
+    median_size: Annotated[int, typer.Option(help="Median blur window (odd; 1 = off).")] = 5,
+    simplify: Annotated[float, typer.Option(help="Simplification tolerance in CRS units.")] = 3.0,
+    min_area: Annotated[float, typer.Option(help="Drop polygons under this many m2.")] = 2500.0,
+) -> None:
+    """Turn a prediction into field polygons (GeoJSON + GeoPackage)."""
+    from cropseg.polygonize import polygonize_file
+
+    with console.status("Polygonizing"):
+        polys = polygonize_file(pred, out, gpkg=gpkg, median_size=median_size, simplify=simplify, min_area=min_area)
+    console.print(f"{len(polys)} polygons, {polys['area_ha'].sum():.1f} ha, written to {out}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Run the whole pipeline offline on generated scenes: synth, train, predict, evaluate, polygonize."""
+    from cropseg.demo import run_demo
+
+    with progress_bars() as progress:
+        summary = run_demo(out, seed=seed, progress=progress)
+    typer.echo(summary["text"])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `cropseg evaluate ... | head`
+        sys.exit(1)
