@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import rasterio
 import rasterio.shutil
 from pyproj import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject
 from rasterio.windows import Window as RioWindow
 
@@ -66,7 +67,11 @@ def _to_rio_window(window: Window | None) -> RioWindow | None:
 def _open(path: Path, what: str) -> Iterator[Any]:
     _check_exists(path, what)
     try:
-        with rasterio.open(path) as ds:
+        with warnings.catch_warnings():
+            # cropseg checks georeferencing itself and says what to do about it
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
             yield ds
     except RasterioIOError as exc:
         raise InvalidRasterError(

@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: exit codes, messages, and no partial files on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cropseg.cli import app
+from cropseg.raster_io import write_raster
+from cropseg.testing import make_grid, write_test_scene
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    files = write_test_scene(tmp / "scene")
+    cfg = tmp / "cfg.toml"
+    cfg.write_text("[train]\nk_values = [3, 5]\ncv_block = 8\n")
+    res = run("train", "--image", files["image"], "--labels", files["truth"], "--out", tmp / "model", "--config", cfg)
+    assert res.exit_code == 0, res.output
+    return tmp, files
+
+
+def test_train_predict_evaluate_polygonize(workspace):
+    tmp, files = workspace
+    res = run("predict", "--model", tmp / "model", "--image", tmp / "scene", "--out", tmp / "pred.tif")
+    assert res.exit_code == 0, res.output
+    res = run("evaluate", "--pred", tmp / "pred.tif", "--labels", files["truth"], "--json", tmp / "m.json")
+    assert res.exit_code == 0, res.output
+    assert "weighted avg" in res.output and "crop IoU" in res.output
+    m = json.loads((tmp / "m.json").read_text())
+    assert m["report"]["weighted avg"]["f1-score"] > 0.9
+    res = run("polygonize", "--pred", tmp / "pred.tif", "--out", tmp / "f.geojson", "--min-area", "100")
+    assert res.exit_code == 0, res.output
+    assert (tmp / "f.geojson").exists() and (tmp / "f.gpkg").exists()
+
+
+def _assert_clean_failure(res, tmp, match, outputs=()):
+    assert res.exit_code == 1, res.output
+    assert "Error:" in res.output and match in res.output
+    assert "Traceback" not in res.output
+    for out in outputs:
+        assert not out.exists()
+    assert not [p for p in tmp.rglob(".*part*")]
+
+
+def test_bad_inputs_exit_1_without_partial_files(workspace, tmp_path):
+    tmp, files = workspace
+    model_out = tmp_path / "m"
+    res = run("train", "--image", tmp_path / "missing.tif", "--labels", files["truth"], "--out", model_out)
+    _assert_clean_failure(res, tmp_path, "does not exist", [model_out])
+
+    # no CRS
+    import rasterio
+
+    from affine import Affine
+
+    with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=4, dtype="uint16",
+                       transform=Affine(3, 0, 0, 0, -3, 0)) as ds:
+        ds.write(np.ones((4, 8, 8), np.uint16))
+    res = run("predict", "--model", tmp / "model", "--image", tmp_path / "nocrs.tif", "--out", tmp_path / "p.tif")
+    _assert_clean_failure(res, tmp_path, "no CRS", [tmp_path / "p.tif"])
+
+    # wrong band count
+    write_raster(tmp_path / "two.tif", np.ones((2, 8, 8), np.uint16), make_grid(8, 8), nodata=0)
+    res = run("train", "--image", tmp_path / "two.tif", "--labels", files["truth"], "--out", model_out,
+              "--product", "analytic_sr")
+    _assert_clean_failure(res, tmp_path, "4 (blue, green, red, nir)", [model_out])
+
+    # AOI not overlapping the image
+    far = tmp_path / "far.geojson"
+    far.write_text(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}))
+    res = run("train", "--image", files["image"], "--labels", files["truth"], "--aoi", far, "--out", model_out)
+    _assert_clean_failure(res, tmp_path, "does not overlap", [model_out])
+
+    # a single class
+    res = run("train", "--image", files["image"], "--labels", files["truth"], "--crop-classes", "X", "--out", model_out)
+    _assert_clean_failure(res, tmp_path, "every labelled pixel is non-crop", [model_out])
+
+    # empty labels
+    empty = tmp_path / "empty.geojson"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    res = run("train", "--image", files["image"], "--labels", empty, "--out", model_out)
+    _assert_clean_failure(res, tmp_path, "no features", [model_out])
+
+    # not a model
+    res = run("predict", "--model", tmp / "scene", "--image", files["image"], "--out", tmp_path / "p.tif")
+    _assert_clean_failure(res, tmp_path, "not a cropseg model", [tmp_path / "p.tif"])
+
+    # bad config key
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nkk = 1\n")
+    res = run("train", "--image", files["image"], "--labels", files["truth"], "--out", model_out, "--config", bad)
+    _assert_clean_failure(res, tmp_path, "unknown config key", [model_out])
+
+
+def test_usage_error_exits_2(workspace):
+    tmp, files = workspace
+    res = run("predict", "--model", tmp / "model", "--image", files["image"], "--out", "x.tif", "--product", "nope")
+    assert res.exit_code == 2
