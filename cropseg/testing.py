@@ -73,7 +73,7 @@ def make_dn(labels: np.ndarray, coefficients: tuple[float, ...] = TEST_COEFFICIE
     )
     refl = refl * rng.normal(1.0, 0.05, size=refl.shape)
     dn = refl / np.asarray(coefficients)[:, None, None]
-    return np.clip(np.round(dn), 1, 65535).astype(np.uint16)
+    return np.asarray(np.clip(np.round(dn), 1, 65535), dtype=np.uint16)
 
 
 def write_test_scene(folder: str | Path, grid: Grid | None = None, seed: int = 0) -> dict[str, Path]:
