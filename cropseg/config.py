@@ -58,7 +58,7 @@ class TrainConfig:
     k_values: tuple[int, ...] = (3, 5, 7, 9, 11, 15, 21, 31)
     cv_folds: int = 3
     cv_block: int = 64
-    sample_size: int = 60_000
+    sample_size: int = 20_000
     seed: int = 0
 
 
