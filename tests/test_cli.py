@@ -105,3 +105,12 @@ def test_usage_error_exits_2(workspace):
     tmp, files = workspace
     res = run("predict", "--model", tmp / "model", "--image", files["image"], "--out", "x.tif", "--product", "nope")
     assert res.exit_code == 2
+
+
+def test_synth_procedural_then_train_on_it(tmp_path):
+    res = run("synth", "--out", tmp_path / "s", "--size-m", 450, "--seed", 3, "--clouds", 0.2)
+    assert res.exit_code == 0, res.output
+    for name in ("scene.tif", "scene_metadata.xml", "udm2.tif", "labels.tif", "actual.tif", "manifest.json"):
+        assert (tmp_path / "s" / name).exists(), name
+    res = run("synth", "--out", tmp_path / "bad", "--change-rate", 2)
+    _assert_clean_failure(res, tmp_path, "change", [tmp_path / "bad" / "scene.tif"])

@@ -39,6 +39,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same scene).")] = 0,
     change_rate: Annotated[float, typer.Option(help="Share of fields changed between label and image year.")] = 0.1,
     clouds: Annotated[float, typer.Option(help="Share of the AOI under cloud (0: none).")] = 0.0,
+    size_m: Annotated[float, typer.Option(help="Side of the procedural layout in metres (without --labels).")]
+    = 3000.0,
 ) -> None:
     """Generate a PlanetScope-like scene (DN, metadata XML, UDM2, label-year and image-year truth)."""
     from cropseg.synth import run_synth
@@ -46,7 +48,7 @@ def synth(
     with console.status("Synthesizing scene"):
         files = run_synth(
             labels, aoi, out, field=_field(label_field), crop_classes=_classes(crop_classes),
-            seed=seed, change_rate=change_rate, clouds=clouds,
+            seed=seed, change_rate=change_rate, clouds=clouds, size_m=(size_m, size_m),
         )
     for name, path in files.items():
         console.print(f"  {name:<10} {path}")
@@ -123,9 +125,10 @@ def evaluate(
     from cropseg.evaluate import evaluate_files, format_metrics
     from cropseg.raster_io import atomic_path
 
-    metrics = evaluate_files(
-        pred, labels, aoi=aoi, label_field=_field(label_field), crop_classes=_classes(crop_classes)
-    )
+    with console.status("Evaluating"):
+        metrics = evaluate_files(
+            pred, labels, aoi=aoi, label_field=_field(label_field), crop_classes=_classes(crop_classes)
+        )
     typer.echo(format_metrics(metrics))
     if json_out:
         with atomic_path(json_out, suffix=".json") as tmp:
