@@ -144,5 +144,14 @@ def run_demo(
     }
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    append_stage(out, "demo", {"seed": seed, "files": summary["files"]})
+    from cropseg.change import change_report_files
+    from cropseg.report import build_report
+
+    test = scenes["test_scene"]
+    change_report_files(pred_path, test["truth"], out / "change", aoi=test["aoi"])
+    inputs = {"image": "test_scene", "labels": "test_scene/labels.tif", "truth": "test_scene/truth.geojson",
+              "aoi": "test_scene/aoi.geojson", "change": "change"}
+    append_stage(out, "demo", {"seed": seed, **inputs, "files": summary["files"]})
+    summary["files"]["report"] = str(build_report(out, out / "report.html", title="cropseg demo: test scene"))
+    summary["text"] += f"\nChange report: {out / 'change'}; HTML report (opens offline): {out / 'report.html'}\n"
     return summary

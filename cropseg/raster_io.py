@@ -127,9 +127,9 @@ def read(
     path = Path(path)
     with _open(path, "raster") as ds:
         indexes = list(bands) if bands is not None else list(range(1, ds.count + 1))
-        return np.asarray(
-            ds.read(indexes, window=_to_rio_window(window), boundless=boundless, fill_value=0)
-        )
+        if boundless:
+            return np.asarray(ds.read(indexes, window=_to_rio_window(window), boundless=True, fill_value=0))
+        return np.asarray(ds.read(indexes, window=_to_rio_window(window)))
 
 
 def read_valid(path: str | Path, window: Window | None = None, boundless: bool = False) -> np.ndarray:

@@ -40,6 +40,13 @@ def test_train_predict_evaluate_polygonize(workspace):
     res = run("polygonize", "--pred", tmp / "pred.tif", "--out", tmp / "f.geojson", "--min-area", "100")
     assert res.exit_code == 0, res.output
     assert (tmp / "f.geojson").exists() and (tmp / "f.gpkg").exists()
+    res = run("evaluate", "--pred", tmp / "pred.tif", "--labels", files["truth"], "--ci", "--polygons",
+              tmp / "f.geojson", "--json", tmp / "m2.json")
+    assert res.exit_code == 0, res.output
+    m2 = json.loads((tmp / "m2.json").read_text())
+    low, high = m2["bootstrap"]["metrics"]["crop_f1"]["low"], m2["bootstrap"]["metrics"]["crop_f1"]["high"]
+    assert 0 < low <= m2["report"]["crop"]["f1-score"] <= high <= 1
+    assert m2["objects"]["n_truth"] == 2  # field 1 and the MultiPolygon field 2 are crop; urban is not
 
 
 def _assert_clean_failure(res, tmp, match, outputs=()):
@@ -59,7 +66,6 @@ def test_bad_inputs_exit_1_without_partial_files(workspace, tmp_path):
 
     # no CRS
     import rasterio
-
     from affine import Affine
 
     with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=8, height=8, count=4, dtype="uint16",

@@ -6,7 +6,11 @@ stderr and exit code 1; usage errors exit with 2 (typer's default). Commands liv
 per area; importing them here registers them on :data:`app`.
 """
 
-from cropseg.cli import pipeline  # noqa: F401  (registers the pipeline commands)
+from cropseg.cli import (  # noqa: F401  (importing a command module registers its commands)
+    pipeline,
+    report,
+    serve,
+)
 from cropseg.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -120,16 +120,26 @@ def evaluate(
     label_field: FieldOpt = "CLASS1",
     crop_classes: ClassesOpt = "G,R,F,P,T,D,C,V",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+    ci: Annotated[bool, typer.Option("--ci", help="Spatial block bootstrap confidence intervals.")] = False,
+    polygons: Annotated[
+        Path | None, typer.Option("--polygons", help="Predicted field polygons, for field-level metrics.")
+    ] = None,
+    iou: Annotated[float, typer.Option(help="IoU of a field match (with --polygons).")] = 0.5,
 ) -> None:
-    """Score a prediction: classification report, crop IoU, confusion matrix."""
-    from cropseg.evaluate import evaluate_files, format_metrics
+    """Score a prediction: classification report, crop IoU, confusion matrix (and CIs, field metrics)."""
+    from cropseg.evaluate import evaluate_files, format_bootstrap, format_metrics, format_object_metrics
     from cropseg.raster_io import atomic_path
 
     with console.status("Evaluating"):
         metrics = evaluate_files(
-            pred, labels, aoi=aoi, label_field=_field(label_field), crop_classes=_classes(crop_classes)
+            pred, labels, aoi=aoi, label_field=_field(label_field), crop_classes=_classes(crop_classes),
+            ci=ci, polygons=polygons, iou=iou,
         )
     typer.echo(format_metrics(metrics))
+    if "bootstrap" in metrics:
+        typer.echo("\n" + format_bootstrap(metrics["bootstrap"]))
+    if "objects" in metrics:
+        typer.echo("\n" + format_object_metrics(metrics["objects"]))
     if json_out:
         with atomic_path(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
