@@ -140,8 +140,9 @@ def _new_regions(
     regions, count = ndimage.label(cand)
     factor = _area_factor(grid)
     min_px = min_area / (factor * grid.res[0] * grid.res[1])
+    columns = ["pixels", "share_pred_crop", "compactness"]
     if count == 0:
-        return gpd.GeoDataFrame({"pixels": [], "share_pred_crop": []}, geometry=[], crs=grid.crs)
+        return gpd.GeoDataFrame(pd.DataFrame(columns=columns), geometry=[], crs=grid.crs)
     px = np.bincount(regions.ravel(), minlength=count + 1)
     keep = px >= min_px
     keep[0] = False
@@ -164,7 +165,7 @@ def _new_regions(
         rows.append({"pixels": int(valid_px[value]), "share_pred_crop": crop_px[value] / max(valid_px[value], 1),
                      "compactness": compact})
         geoms.append(geom)
-    return gpd.GeoDataFrame(rows, geometry=geoms, crs=grid.crs)
+    return gpd.GeoDataFrame(pd.DataFrame(rows, columns=columns), geometry=geoms, crs=grid.crs)
 
 
 def change_report(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cropseg import raster_io
+from cropseg.change import change_report_files
 from cropseg.config import Config
 from cropseg.evaluate import evaluate_files, format_metrics
 from cropseg.label import NODATA
@@ -21,6 +22,7 @@ from cropseg.polygonize import polygonize_file
 from cropseg.predict import predict_from_files
 from cropseg.progress import ProgressCallback, report
 from cropseg.raster_io import atomic_path
+from cropseg.report import build_report
 from cropseg.scene import open_scene
 from cropseg.train import train_from_files
 from cropseg.visualize import comparison_figure
@@ -42,7 +44,7 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    steps = 7
+    steps = 9
     step = 0
 
     def tick(name: str) -> None:
@@ -105,6 +107,25 @@ def run_demo(
         title="cropseg demo: test scene (KNN reference model)",
     )
     timings["figure"] = time.perf_counter() - t
+
+    tick("change")
+    t = time.perf_counter()
+    test = scenes["test_scene"]
+    change_report_files(pred_path, test["truth"], out / "change", aoi=test["aoi"])
+    timings["change"] = time.perf_counter() - t
+    files = {
+        "prediction": str(pred_path), "polygons": str(out / "fields.geojson"), "figure": str(out / "figure.png"),
+        "metrics": str(out / "metrics.json"), "model": str(out / "model"), "change": str(out / "change"),
+        "report": str(out / "report.html"),
+    }
+    inputs = {"image": "test_scene", "labels": "test_scene/labels.tif", "truth": "test_scene/truth.geojson",
+              "aoi": "test_scene/aoi.geojson", "change": "change"}
+    append_stage(out, "demo", {"seed": seed, **inputs, "files": files})
+
+    tick("report")
+    t = time.perf_counter()
+    build_report(out, out / "report.html", title="cropseg demo: test scene")
+    timings["report"] = time.perf_counter() - t
     report(progress, "Demo", steps, steps)
 
     cv = result.report["cv"]
@@ -126,6 +147,8 @@ def run_demo(
         "",
         f"Polygons: {len(polys)} fields, {polys['area_ha'].sum():.1f} ha (fields.geojson, fields.gpkg)",
         "",
+        f"Change report: {out / 'change'}; HTML report (opens offline): {out / 'report.html'}",
+        "",
         "Seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
         f"Total: {time.perf_counter() - t0:.1f} s",
     ]
@@ -136,22 +159,9 @@ def run_demo(
         "polygons": len(polys),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "software": software_versions(),
-        "files": {
-            "prediction": str(pred_path), "polygons": str(out / "fields.geojson"), "figure": str(out / "figure.png"),
-            "metrics": str(out / "metrics.json"), "model": str(out / "model"),
-        },
+        "files": files,
         "text": text,
     }
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    from cropseg.change import change_report_files
-    from cropseg.report import build_report
-
-    test = scenes["test_scene"]
-    change_report_files(pred_path, test["truth"], out / "change", aoi=test["aoi"])
-    inputs = {"image": "test_scene", "labels": "test_scene/labels.tif", "truth": "test_scene/truth.geojson",
-              "aoi": "test_scene/aoi.geojson", "change": "change"}
-    append_stage(out, "demo", {"seed": seed, **inputs, "files": summary["files"]})
-    summary["files"]["report"] = str(build_report(out, out / "report.html", title="cropseg demo: test scene"))
-    summary["text"] += f"\nChange report: {out / 'change'}; HTML report (opens offline): {out / 'report.html'}\n"
     return summary

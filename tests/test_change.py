@@ -154,3 +154,16 @@ def test_cli_change(tmp_path, scene):
                               str(tmp_path / "truth.geojson"), "--out", str(tmp_path / "out2")])
     assert res.exit_code == 1 and "Error:" in res.output and "does not exist" in res.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_new_regions_all_filtered_out_gives_empty_frame():
+    """Regression: candidate regions that all fail the size/compactness filters must not drop the columns."""
+    from cropseg.change import _new_regions
+    from cropseg.testing import make_grid
+
+    grid = make_grid()
+    pred = np.zeros(grid.shape, np.uint8)
+    pred[5:30, 20:21] = 1  # a one-pixel-wide line: not compact
+    labels = np.zeros(grid.shape, np.uint8)
+    out = _new_regions(pred, labels, grid, 1, 0, 0.0, 0.9)
+    assert out.empty and "share_pred_crop" in out.columns
