@@ -76,3 +76,13 @@ def append_stage(folder: str | Path, stage: str, record: dict[str, Any]) -> Path
     entry = {"stage": stage, "time": now_iso(), "pid": os.getpid(), **record}
     data.setdefault("stages", []).append(entry)
     return write_manifest(folder, data)
+
+
+def record_stage(scene_folder: str | Path, stage: str, record: dict[str, Any]) -> Path | None:
+    """Append a stage record to the manifest of a scene folder that has one (acquired or generated data).
+
+    Folders without a manifest are left alone: cropseg does not write into a user's own data folders.
+    """
+    if read_manifest(scene_folder) is None:
+        return None
+    return append_stage(scene_folder, stage, record)

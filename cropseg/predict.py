@@ -16,6 +16,7 @@ from cropseg.errors import InvalidRasterError
 from cropseg.features import compute_features, to_samples
 from cropseg.grid import Window
 from cropseg.label import NODATA
+from cropseg.manifest import record_stage
 from cropseg.models import TrainedModel, load_model
 from cropseg.progress import ProgressCallback, report
 from cropseg.raster_io import RasterWriter
@@ -85,4 +86,8 @@ def predict_from_files(
     cfg = config or Config()
     trained = load_model(model_dir)
     scene = open_scene(image, metadata, udm2, product=product, mask_haze=cfg.radiometry.mask_haze)
-    return predict_scene(trained, scene, out, cfg.predict.tile_size, progress)
+    path = predict_scene(trained, scene, out, cfg.predict.tile_size, progress)
+    record_stage(scene.image.parent, "predict", {
+        "model_dir": str(model_dir), "model": trained.card.get("model"), "prediction": str(path),
+    })
+    return path

@@ -136,8 +136,9 @@ def open_scene(
         image: the image GeoTIFF, or a folder holding one scene.
         metadata: Planet product XML; found beside the image when not given and ``discover`` is on.
         udm2: UDM2 usable-data mask; found beside the image when not given and ``discover`` is on.
-        product: ``analytic`` (DN x XML coefficient), ``analytic_sr`` (DN / 10000) or ``auto``
-            (from the XML, else the folder's manifest, else the file name).
+        product: ``analytic`` (DN x XML coefficient), ``analytic_sr`` (DN / 10000) or ``auto``: the
+            folder's manifest (written by ``cropseg order`` / ``fetch``), else ``_SR`` in the file name,
+            else the XML (``atmosphericCorrectionApplied``).
         mask_haze: also drop light-haze pixels.
         discover: look for metadata and UDM2 beside the image.
     """
@@ -156,22 +157,22 @@ def open_scene(
         meta = parse_planet_metadata(xml_path.read_text(errors="replace"), str(xml_path))
         coefficients, meta_product = meta.reflectance_coefficients, meta.product
     resolved: ResolvedProduct
+    manifest = read_manifest(img_path.parent)
+    from_manifest = manifest.get("product") if manifest else None
     if product != "auto":
         resolved = product
+    elif from_manifest in ("analytic", "analytic_sr"):
+        # the acquisition record knows the bundle; Planet's SR bundles ship the radiance product's XML
+        resolved = from_manifest
+    elif "_sr" in img_path.name.lower():
+        resolved = "analytic_sr"
     elif meta_product is not None:
         resolved = meta_product
     else:
-        manifest = read_manifest(img_path.parent)
-        from_manifest = manifest.get("product") if manifest else None
-        if from_manifest in ("analytic", "analytic_sr"):
-            resolved = from_manifest
-        elif "_sr" in img_path.name.lower():
-            resolved = "analytic_sr"
-        else:
-            raise InputError(
-                f"cannot tell whether {img_path} holds radiance or surface reflectance: give its metadata XML "
-                "with --metadata, or --product analytic_sr (DN / 10000) or --product analytic"
-            )
+        raise InputError(
+            f"cannot tell whether {img_path} holds radiance or surface reflectance: give its metadata XML "
+            "with --metadata, or --product analytic_sr (DN / 10000) or --product analytic"
+        )
     if resolved == "analytic" and coefficients is None:
         raise InputError(
             f"{img_path} is an analytic (radiance) scene: its metadata XML with the reflectance coefficients is "

@@ -19,6 +19,7 @@ from cropseg.config import Config
 from cropseg.features import FeatureSpec, band_names_for, compute_features
 from cropseg.grid import Window
 from cropseg.label import CROP, NONCROP, check_labels, load_labels
+from cropseg.manifest import record_stage
 from cropseg.models import TrainedModel, new_model, save_model
 from cropseg.progress import ProgressCallback, report
 from cropseg.scene import ProductChoice, Scene, open_scene
@@ -159,5 +160,9 @@ def train_from_files(
         "seed": cfg.train.seed,
     }
     model_dir = save_model(trained, out, extra={"cv": cv, "training": training})
+    record_stage(scene.image.parent, "train", {
+        "model_dir": str(model_dir), "model": kind, "params": trained.model.params, "labels": str(labels),
+        "aoi": str(aoi) if aoi else None, "blocked_cv_f1_weighted": cv.get("blocked_cv_f1_weighted"),
+    })
     return TrainResult(model_dir=model_dir, trained=trained, report={"cv": cv, "training": training})
 

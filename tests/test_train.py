@@ -6,8 +6,8 @@ import pytest
 from cropseg.config import Config, TrainConfig
 from cropseg.errors import ModelError
 from cropseg.models import load_model, read_card
-from cropseg.train import block_groups, sample_pixels, train_from_files
 from cropseg.testing import write_test_scene
+from cropseg.train import block_groups, sample_pixels, train_from_files
 
 
 def test_sample_pixels_is_stratified():

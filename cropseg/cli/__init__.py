@@ -12,5 +12,10 @@ from cropseg.cli import (  # noqa: F401  (importing a command module registers i
     serve,
 )
 from cropseg.cli._app import app, main
+from cropseg.cli_acquire import fetch_app, order_app, search_app
+
+app.add_typer(search_app, name="search")
+app.add_typer(order_app, name="order")
+app.add_typer(fetch_app, name="fetch")
 
 __all__ = ["app", "main"]
