@@ -11,7 +11,10 @@ Example TOML::
     [labels]
     field = "CLASS1"
     crop_classes = ["G", "R", "F", "P", "T", "D", "C", "V"]
+    [features]
+    preset = "context"
     [train]
+    model = "lgbm"
     k_values = [3, 5, 7, 9, 11, 15, 21, 31]
     [polygonize]
     median_size = 5
@@ -52,14 +55,55 @@ class RadiometryConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Which per-pixel features a model uses (see :mod:`cropseg.features`).
+
+    ``preset`` ``auto`` takes the model kind's own set: ``reference`` (4 reflectance bands) for knn,
+    ``context`` (bands, indices, multi-scale mean / std) for rf and lgbm, ``spectral`` (bands and
+    indices; the network learns its own context) for unet. Non-empty ``indices``, ``context`` and
+    ``scales`` replace the preset's.
+    """
+
+    preset: str = "auto"
+    indices: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    scales: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Reference KNN training."""
+    """Model training: the model kind, cross-validation, threshold, re-weighting, per-kind settings.
+
+    ``sample_size`` labelled pixels train the KNN, ``tree_sample_size`` the rf and lgbm; the U-Net
+    trains on every labelled pixel. ``threshold`` says how the decision threshold is chosen on
+    blocked out-of-fold predictions: ``f1_macro`` (mean of the crop and non-crop F1: it weighs the
+    minority class as much as the majority and does not follow the training area's class
+    balance), ``f1_weighted``, or ``none`` (0.5). ``reweight`` ``rgd`` applies RGD with clip
+    ``rgd_clip`` (lgbm and unet only).
+    """
 
     k_values: tuple[int, ...] = (3, 5, 7, 9, 11, 15, 21, 31)
     cv_folds: int = 3
     cv_block: int = 64
     sample_size: int = 20_000
     seed: int = 0
+    model: str = "knn"
+    reweight: str = "none"
+    rgd_clip: float = 1.0
+    threshold: str = "f1_macro"
+    tree_sample_size: int = 60_000
+    lgbm_leaves: tuple[int, ...] = (15, 63)
+    lgbm_rounds: int = 300
+    rf_trees: int = 40
+    rf_leaf_values: tuple[int, ...] = (10, 50)
+    rf_max_depth: int = 14
+    unet_widths: tuple[int, ...] = (24, 48, 64)
+    unet_steps: int = 300
+    unet_batch: int = 8
+    unet_patch: int = 128
+    unet_lr: float = 3e-3
+    unet_block: int = 256
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -85,6 +129,7 @@ class Config:
     version: int = CONFIG_VERSION
     labels: LabelConfig = field(default_factory=LabelConfig)
     radiometry: RadiometryConfig = field(default_factory=RadiometryConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     polygonize: PolygonizeConfig = field(default_factory=PolygonizeConfig)

@@ -1,63 +1,279 @@
 """Per-pixel features from reflectance.
 
 Pure functions on arrays. A :class:`FeatureSpec` names the features; :func:`compute_features`
-turns reflectance (bands, rows, cols) into features (n_features, rows, cols). Features that look
-at neighbours declare a ``halo`` in pixels: tiled callers read each tile with that many extra
-pixels on every side and crop them off afterwards, so tiled results equal whole-image results.
+turns reflectance (bands, rows, cols) into features (n_features, rows, cols). There are three
+kinds, in this output order:
+
+* the reflectance bands themselves (the reference KNN uses only these);
+* spectral indices (:data:`INDICES`: NDVI, NDWI, EVI2, SAVI, GNDVI, brightness), computed per pixel;
+* local context: the mean and standard deviation of some of the above in square windows of a few
+  sizes (``scales``). The statistics use valid pixels only (normalised convolution), so nodata
+  outside the image, outside the AOI or under a UDM2 mask does not bleed into the context.
+
+Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
+callers read each tile with that many extra pixels on every side (pixels beyond the image read
+as nodata) and crop them off afterwards. Because nodata never enters a statistic, tiled results
+equal whole-image results (up to the last bit of float32 rounding of the window sums).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from cropseg.errors import InvalidRasterError
+from cropseg.errors import ConfigError, InvalidRasterError
 
 #: PlanetScope 4-band analytic band order.
 PLANETSCOPE_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
+
+_EPS = np.float32(1e-6)
+Bands = dict[str, np.ndarray]
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a - b) / (a + b), 0 where both are 0."""
+    num = a - b
+    den = a + b
+    return np.asarray(np.divide(num, den, out=np.zeros_like(num), where=np.abs(den) > _EPS))
+
+
+def _ndvi(b: Bands) -> np.ndarray:
+    return _ratio(b["nir"], b["red"])
+
+
+def _ndwi(b: Bands) -> np.ndarray:
+    return _ratio(b["green"], b["nir"])
+
+
+def _gndvi(b: Bands) -> np.ndarray:
+    return _ratio(b["nir"], b["green"])
+
+
+def _evi2(b: Bands) -> np.ndarray:
+    return np.asarray(2.5 * (b["nir"] - b["red"]) / (b["nir"] + 2.4 * b["red"] + 1.0))
+
+
+def _savi(b: Bands) -> np.ndarray:
+    return np.asarray(1.5 * (b["nir"] - b["red"]) / (b["nir"] + b["red"] + 0.5))
+
+
+def _brightness(b: Bands) -> np.ndarray:
+    return np.asarray(sum(b.values()) / len(b))
+
+
+@dataclass(frozen=True)
+class Index:
+    """A spectral index: the bands it needs and how to compute it from a name -> band dict."""
+
+    bands: tuple[str, ...]
+    compute: Callable[[Bands], np.ndarray]
+    doc: str
+
+
+#: Spectral indices cropseg knows (band names as in :data:`PLANETSCOPE_BANDS`).
+INDICES: dict[str, Index] = {
+    "ndvi": Index(("red", "nir"), _ndvi, "(nir - red) / (nir + red)"),
+    "ndwi": Index(("green", "nir"), _ndwi, "(green - nir) / (green + nir), McFeeters 1996"),
+    "gndvi": Index(("green", "nir"), _gndvi, "(nir - green) / (nir + green)"),
+    "evi2": Index(("red", "nir"), _evi2, "2.5 (nir - red) / (nir + 2.4 red + 1), Jiang et al. 2008"),
+    "savi": Index(("red", "nir"), _savi, "1.5 (nir - red) / (nir + red + 0.5), Huete 1988"),
+    "brightness": Index((), _brightness, "mean of all bands"),
+}
+#: Neighbourhood statistics cropseg knows.
+STATS: tuple[str, ...] = ("mean", "std")
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which features a model uses.
 
+    The default is the reference's: the 4 reflectance bands, nothing else.
+
     Attributes:
         bands: names of the image bands in file order.
-        reflectance: include the raw reflectance bands (the reference KNN uses only these).
+        reflectance: include the raw reflectance bands.
+        indices: spectral indices to add (keys of :data:`INDICES`).
+        context: bands or indices whose neighbourhood statistics are added.
+        scales: odd window sizes (pixels) of the neighbourhood statistics.
+        stats: which statistics (``mean``, ``std``).
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
     reflectance: bool = True
+    indices: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    scales: tuple[int, ...] = ()
+    stats: tuple[str, ...] = field(default=STATS)
+
+    def __post_init__(self) -> None:
+        unknown = [i for i in self.indices if i not in INDICES]
+        if unknown:
+            raise ConfigError(f"unknown spectral index {', '.join(unknown)}; known: {', '.join(INDICES)}")
+        for name in self.indices:
+            missing = [b for b in INDICES[name].bands if b not in self.bands]
+            if missing:
+                raise ConfigError(f"index {name} needs band(s) {', '.join(missing)}, not among {list(self.bands)}")
+        base = set(self.bands) | set(self.indices)
+        bad = [c for c in self.context if c not in base]
+        if bad:
+            raise ConfigError(
+                f"context feature(s) {', '.join(bad)} are neither bands nor selected indices ({', '.join(base)})"
+            )
+        if any(s < 3 or s % 2 == 0 for s in self.scales):
+            raise ConfigError(f"context scales must be odd window sizes >= 3, got {list(self.scales)}")
+        if bool(self.context) != bool(self.scales):
+            raise ConfigError("give both context features and scales, or neither")
+        if self.context and not self.stats:
+            raise ConfigError("context features need at least one statistic (mean, std)")
+        bad = [s for s in self.stats if s not in STATS]
+        if bad:
+            raise ConfigError(f"unknown statistic {', '.join(bad)}; known: {', '.join(STATS)}")
 
     @property
     def halo(self) -> int:
         """Pixels of context needed on each side of a tile."""
-        return 0
+        return max(self.scales) // 2 if self.context else 0
 
     @property
     def names(self) -> list[str]:
         """Feature names, in output order."""
-        return list(self.bands) if self.reflectance else []
+        out = list(self.bands) if self.reflectance else []
+        out += list(self.indices)
+        out += [f"{stat}{scale}_{base}" for base in self.context for scale in self.scales for stat in self.stats]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, stored in the model card."""
-        return {"bands": list(self.bands), "reflectance": self.reflectance}
+        return {
+            "bands": list(self.bands),
+            "reflectance": self.reflectance,
+            "indices": list(self.indices),
+            "context": list(self.context),
+            "scales": list(self.scales),
+            "stats": list(self.stats),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(bands=tuple(data["bands"]), reflectance=bool(data.get("reflectance", True)))
+        """Inverse of :meth:`to_dict` (keys absent in old cards take their defaults)."""
+        return cls(
+            bands=tuple(data["bands"]),
+            reflectance=bool(data.get("reflectance", True)),
+            indices=tuple(data.get("indices", ())),
+            context=tuple(data.get("context", ())),
+            scales=tuple(int(s) for s in data.get("scales", ())),
+            stats=tuple(data.get("stats", STATS)),
+        )
+
+    def with_bands(self, bands: tuple[str, ...]) -> FeatureSpec:
+        """The same features for an image with these band names."""
+        return FeatureSpec(bands, self.reflectance, self.indices, self.context, self.scales, self.stats)
 
 
-def compute_features(reflectance: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Features float32 (n_features, rows, cols) from reflectance float32 (bands, rows, cols)."""
+#: Named feature sets (``--features NAME``); see :func:`feature_preset`.
+FEATURE_PRESETS: dict[str, FeatureSpec] = {
+    "reference": FeatureSpec(),
+    "spectral": FeatureSpec(indices=("ndvi", "ndwi", "evi2", "brightness")),
+    "context": FeatureSpec(
+        indices=("ndvi", "ndwi", "evi2", "brightness"),
+        context=("nir", "red", "ndvi"),
+        scales=(3, 7, 15, 31),
+    ),
+}
+
+
+def feature_preset(name: str, bands: tuple[str, ...] = PLANETSCOPE_BANDS) -> FeatureSpec:
+    """A named feature set for an image with ``bands``.
+
+    - ``reference``: the 4 reflectance bands (the reference KNN's features);
+    - ``spectral``: bands + NDVI, NDWI, EVI2, brightness;
+    - ``context``: spectral + mean / std of NIR, red and NDVI in 3, 7, 15 and 31 px windows.
+    """
+    try:
+        spec = FEATURE_PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown feature set {name!r}; choose one of: {', '.join(FEATURE_PRESETS)}") from None
+    return spec.with_bands(bands)
+
+
+def data_mask(reflectance: np.ndarray) -> np.ndarray:
+    """Boolean (rows, cols): pixels holding data (all bands finite, not all zero)."""
+    finite = np.isfinite(reflectance).all(axis=0)
+    return np.asarray(finite & (np.abs(np.nan_to_num(reflectance)).sum(axis=0) > 0))
+
+
+def _inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
+    """1 / (share of valid pixels in each window), 0 where the window holds none."""
+    count = ndimage.uniform_filter(valid.astype(np.float32), size, mode="constant", cval=0.0)
+    return np.asarray(np.divide(1.0, count, out=np.zeros_like(count), where=count > 1e-6))
+
+
+def _stats(xw: np.ndarray, inv: np.ndarray, size: int, stats: tuple[str, ...]) -> dict[str, np.ndarray]:
+    mean = ndimage.uniform_filter(xw, size, mode="constant", cval=0.0) * inv
+    out: dict[str, np.ndarray] = {}
+    if "mean" in stats:
+        out["mean"] = mean
+    if "std" in stats:
+        sq = ndimage.uniform_filter(xw * xw, size, mode="constant", cval=0.0) * inv
+        var = sq - mean * mean
+        # float32 cancellation leaves rounding noise (~1e-7 sq) where a window is uniform: make that exactly 0
+        var[var <= 1e-5 * sq] = 0.0
+        out["std"] = np.sqrt(var)
+    return out
+
+
+def local_stats(
+    x: np.ndarray, valid: np.ndarray, size: int, stats: tuple[str, ...] = STATS
+) -> dict[str, np.ndarray]:
+    """Mean and/or standard deviation of ``x`` over valid pixels in ``size`` x ``size`` windows.
+
+    Args:
+        x: float32 (rows, cols).
+        valid: boolean (rows, cols); invalid pixels take no part (and the outside of the array
+            counts as invalid).
+        size: odd window size in pixels.
+        stats: ``mean`` and/or ``std``.
+
+    Returns:
+        name -> float32 (rows, cols); 0 where the window holds no valid pixel. A standard deviation
+        below 0.3 % of the window's root mean square is returned as 0 (float32 rounding).
+    """
+    xw = np.where(valid, x, 0).astype(np.float32)
+    return _stats(xw, _inverse_count(valid, size), size, stats)
+
+
+def compute_features(reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarray | None = None) -> np.ndarray:
+    """Features float32 (n_features, rows, cols) from reflectance float32 (bands, rows, cols).
+
+    Args:
+        reflectance: float32 (bands, rows, cols), bands as in ``spec.bands``.
+        spec: which features.
+        valid: boolean (rows, cols) of pixels that may enter neighbourhood statistics; by default
+            the pixels that hold data (:func:`data_mask`).
+    """
     if reflectance.shape[0] != len(spec.bands):
         raise ValueError(f"expected {len(spec.bands)} bands ({', '.join(spec.bands)}), got {reflectance.shape[0]}")
-    parts: list[np.ndarray] = []
-    if spec.reflectance:
-        parts.append(reflectance.astype(np.float32, copy=False))
+    refl = reflectance.astype(np.float32, copy=False)
+    bands = {name: refl[i] for i, name in enumerate(spec.bands)}
+    base: dict[str, np.ndarray] = dict(bands)
+    parts: list[np.ndarray] = [refl] if spec.reflectance else []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name in spec.indices:
+            value = np.nan_to_num(INDICES[name].compute(bands).astype(np.float32, copy=False))
+            base[name] = value
+            parts.append(value[None])
+    if spec.context:
+        mask = data_mask(refl) if valid is None else valid & data_mask(refl)
+        inverse = {scale: _inverse_count(mask, scale) for scale in spec.scales}
+        for name in spec.context:
+            xw = np.where(mask, base[name], 0).astype(np.float32)
+            for scale in spec.scales:
+                stats = _stats(xw, inverse[scale], scale, spec.stats)
+                parts.extend(stats[s][None] for s in spec.stats)
     if not parts:
         return np.empty((0, *reflectance.shape[1:]), np.float32)
     return np.concatenate(parts, axis=0)

@@ -75,3 +75,31 @@ def test_band_count_mismatch_leaves_no_file(trained, tmp_path):
         predict_from_files(tmp / "model", tmp_path / "three.tif", tmp_path / "out.tif", product="analytic_sr")
     assert not (tmp_path / "out.tif").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tif")]
+
+
+def test_cli_predicts_several_scenes_a_mosaic_and_checks_its_options(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from cropseg.cli import app
+
+    tmp, files = trained
+    other = write_test_scene(tmp_path / "other", seed=5)
+
+    def run(*args):
+        return CliRunner().invoke(app, ["predict", "--model", str(tmp / "model"), *map(str, args)])
+
+    res = run("--image", files["image"], "--image", other["image"], "--out", tmp_path / "preds", "--workers", 1)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == ["image.tif", "image_2.tif"]
+    res = run("--image", files["image"], "--image", other["image"], "--out", tmp_path / "m.tif", "--mosaic",
+              "--no-resume", "--tile-size", 16)
+    assert res.exit_code == 0, res.output
+    assert "Mosaic of 2 scene(s)" in res.output
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert ds.shape == (40, 48) and "CROPSEG_MOSAIC_RULE" in ds.tags()
+    assert run("--image", files["image"], "--out", tmp_path / "x.tif", "--scheduler", "spark").exit_code == 2
+    res = run("--image", files["image"], "--out", tmp_path / "x.tif", "--dask-address", "tcp://127.0.0.1:1")
+    assert res.exit_code == 2
+    res = run("--image", files["image"], "--image", other["image"], "--out", tmp_path / "y.tif")
+    assert res.exit_code == 1 and "make --out a folder" in res.output
+    assert not (tmp_path / "x.tif").exists() and not (tmp_path / "y.tif").exists()

@@ -33,7 +33,9 @@ def _cfg(**kw):
 
 def test_train_picks_and_fits_cv_k(tmp_path):
     files = write_test_scene(tmp_path / "scene")
-    result = train_from_files(files["image"], files["truth"], tmp_path / "model", config=_cfg(k_values=(1, 3, 5)))
+    result = train_from_files(
+        files["image"], files["truth"], tmp_path / "model", kind="knn", config=_cfg(k_values=(1, 3, 5))
+    )
     cv = result.report["cv"]
     best = max(cv["table"], key=lambda r: r["mean_f1_weighted"])
     assert cv["chosen"]["n_neighbors"] == best["k"]
@@ -48,7 +50,7 @@ def test_train_picks_and_fits_cv_k(tmp_path):
 def test_tampered_or_foreign_models_are_refused(tmp_path):
     files = write_test_scene(tmp_path / "scene")
     model = tmp_path / "model"
-    train_from_files(files["image"], files["truth"], model, config=_cfg(k_values=(3,)))
+    train_from_files(files["image"], files["truth"], model, kind="knn", config=_cfg(k_values=(3,)))
     weights = model / "model.skops"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
@@ -74,3 +76,50 @@ def test_skops_allow_list_refuses_unexpected_types(tmp_path):
     sio.dump(rf, tmp_path / "rf.skops")
     with pytest.raises(ModelError, match="does not load"):
         load_skops(tmp_path / "rf.skops", _KNN_TRUSTED)
+
+
+def test_train_lgbm_with_features_rgd_and_a_full_card(tmp_path):
+    from cropseg.features import FEATURE_PRESETS
+    from cropseg.manifest import file_digest
+    from cropseg.predict import predict_from_files
+    from cropseg.raster_io import read
+    from cropseg.testing import expected_labels, make_grid
+
+    files = write_test_scene(tmp_path / "scene")
+    cfg = Config().replace(train=TrainConfig(cv_block=8, lgbm_rounds=30, threshold="f1_weighted"))
+    result = train_from_files(
+        files["image"], files["truth"], tmp_path / "m", kind="lgbm", features="context", reweight="rgd",
+        rgd_clip=2.0, config=cfg,
+    )
+    card = read_card(tmp_path / "m")
+    assert card["model"] == "lgbm" and card["features"]["names"] == FEATURE_PRESETS["context"].names
+    cv = card["cv"]
+    assert cv["threshold_rule"] == "f1_weighted" and card["threshold"] == cv["threshold"]
+    assert cv["reweight"] == {"method": "rgd", "clip": 2.0}
+    for split in ("blocked", "random"):
+        assert {"f1_crop", "f1_noncrop", "f1_weighted"} <= set(cv[split])
+    assert card["weights"]["file"] == "model.lgb.txt"
+    assert card["weights"]["sha256"] == file_digest(tmp_path / "m" / "model.lgb.txt")
+    assert "lightgbm" in card["software"] and card["training"]["samples"] == 48 * 40
+    assert result.trained.features.halo == 15
+    pred = read(predict_from_files(tmp_path / "m", files["image"], tmp_path / "p.tif"))[0]
+    assert (pred == expected_labels(make_grid())).mean() > 0.9
+
+
+def test_cli_train_model_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from cropseg.cli import app
+
+    files = write_test_scene(tmp_path / "scene")
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[train]\ncv_block = 8\nlgbm_rounds = 20\n")
+    args = ["train", "--image", files["image"], "--labels", files["truth"], "--out", tmp_path / "m",
+            "--model", "lgbm", "--reweight", "rgd", "--rgd-clip", "0.5", "--features", "spectral", "--config", cfg]
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "Threshold" in out and "random-split CV F1" in out and "ndvi" in out
+    assert read_card(tmp_path / "m")["params"]["rgd_clip"] == 0.5
+    res = CliRunner().invoke(app, [str(a) for a in [*args[:7], "--model", "knn", "--reweight", "rgd"]])
+    assert res.exit_code == 1 and "gradient-trained" in " ".join(res.output.split())

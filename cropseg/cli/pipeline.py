@@ -63,11 +63,22 @@ def train(
     metadata: MetadataOpt = None,
     udm2: Udm2Opt = None,
     aoi: AoiOpt = None,
-    model: Annotated[str, typer.Option("--model", help="Model kind.")] = "knn",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model kind: knn (the reference), rf, lgbm, unet. Default: config.")
+    ] = None,
     product: ProductOpt = "auto",
     label_field: FieldOpt = "CLASS1",
     crop_classes: ClassesOpt = "G,R,F,P,T,D,C,V",
     config: ConfigOpt = None,
+    reweight: Annotated[
+        str | None, typer.Option("--reweight", help="none, or rgd (RGD re-weighting; lgbm and unet). Default: config.")
+    ] = None,
+    rgd_clip: Annotated[float | None, typer.Option("--rgd-clip", help="RGD loss clip T (default: config, 1.0).")]
+    = None,
+    features: Annotated[
+        str | None,
+        typer.Option("--features", help="Feature set: reference, spectral or context (default: the model's own)."),
+    ] = None,
 ) -> None:
     """Train a model on one scene and its ground truth."""
     from cropseg.train import train_from_files
@@ -76,15 +87,29 @@ def train(
         result = train_from_files(
             image, labels, out, metadata=metadata, udm2=udm2, aoi=aoi, product=_product(product), kind=model,
             label_field=_field(label_field), crop_classes=_classes(crop_classes), config=_config(config),
-            progress=progress,
+            progress=progress, reweight=reweight, rgd_clip=rgd_clip, features=features,
         )
     cv = result.report["cv"]
+    kind = result.trained.model.kind
+    console.print(f"Model {kind}; features: {', '.join(result.trained.features.names)}")
     console.print(f"Cross-validation ({cv['method']}, {cv['scoring']}):")
     for row in cv["table"]:
-        console.print(f"  k={row['k']:<3} {row['mean_f1_weighted']:.4f} ± {row['std_f1_weighted']:.4f}")
+        score = (
+            f"{row['mean_f1_weighted']:.4f} ± {row['std_f1_weighted']:.4f}" if "mean_f1_weighted" in row
+            else f"log loss {row['mean_logloss']:.4f}" if "mean_logloss" in row else ""
+        )
+        console.print(f"  {', '.join(f'{k}={v}' for k, v in row['params'].items())}  {score}")
+    chosen = f"k={cv['chosen']['n_neighbors']}" if kind == "knn" else ", ".join(
+        f"{k}={v}" for k, v in cv["chosen"].items()
+    )
     console.print(
-        f"Chosen k={cv['chosen']['n_neighbors']}: blocked CV F1 {cv['blocked_cv_f1_weighted']:.4f}, "
+        f"Chosen {chosen}: blocked CV F1 {cv['blocked_cv_f1_weighted']:.4f}, "
         f"random-split CV F1 {cv['random_cv_f1_weighted']:.4f} (random splits overstate accuracy)"
+    )
+    b = cv["blocked"]
+    console.print(
+        f"Threshold {cv['threshold']:.2f} (best {cv['threshold_rule']} on blocked out-of-fold predictions): "
+        f"non-crop F1 {b['f1_noncrop']:.4f}, crop F1 {b['f1_crop']:.4f}, weighted F1 {b['f1_weighted']:.4f}"
     )
     console.print(f"Model written to {result.model_dir}")
 
@@ -93,22 +118,76 @@ def train(
 @handle_errors
 def predict(
     model: Annotated[Path, typer.Option("--model", help="Model directory from cropseg train.")],
-    image: ImageOpt,
-    out: Annotated[Path, typer.Option("--out", help="Prediction GeoTIFF (COG) to write.")],
+    image: Annotated[
+        list[Path],
+        typer.Option(
+            "--image",
+            help="Image GeoTIFF or scene folder; repeat for several scenes, or give a folder of scene folders "
+            "or an acquisition's manifest.json.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Prediction COG to write; a folder when several scenes are not mosaicked.")
+    ],
     metadata: MetadataOpt = None,
     udm2: Udm2Opt = None,
     product: ProductOpt = "auto",
     config: ConfigOpt = None,
+    mosaic: Annotated[
+        bool, typer.Option("--mosaic", help="One mosaic of all scenes (per pixel: the clearest scene with data).")
+    ] = False,
+    scheduler: Annotated[str, typer.Option("--scheduler", help="local (this machine) or dask.")] = "local",
+    dask_address: Annotated[
+        str | None,
+        typer.Option("--dask-address", help="Dask scheduler to use, e.g. tcp://HOST:8786 (default: a LocalCluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Local workers, or LocalCluster workers (default: CPU count).")
+    ] = None,
+    processes: Annotated[
+        bool, typer.Option("--processes/--threads", help="Local workers as processes or threads (default).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue a killed run from OUT.partial/ (default) or redo.")
+    ] = True,
+    tile_size: Annotated[
+        int | None, typer.Option("--tile-size", help="Tile side in px, rounded to the blocks (default: config).")
+    ] = None,
 ) -> None:
-    """Predict crop / non-crop over a whole scene (uint8 COG: 1 crop, 0 non-crop, 255 nodata)."""
+    """Predict crop / non-crop over whole scenes (uint8 COGs: 1 crop, 0 non-crop, 255 nodata)."""
+    from cropseg.mosaic import expand_inputs, predict_many
     from cropseg.predict import predict_from_files
+    from cropseg.streaming import Execution
 
+    if scheduler not in ("local", "dask"):
+        raise typer.BadParameter(f"{scheduler!r}: choose local or dask", param_hint="--scheduler")
+    if dask_address and scheduler != "dask":
+        raise typer.BadParameter("--dask-address needs --scheduler dask", param_hint="--dask-address")
+    if workers is not None and workers < 1:
+        raise typer.BadParameter("give at least 1 worker", param_hint="--workers")
+    execution = Execution(
+        scheduler="dask" if scheduler == "dask" else "local", workers=workers,
+        local_mode="processes" if processes else "threads", dask_address=dask_address,
+    )
+    scenes = expand_inputs(image)
     with progress_bars() as progress:
-        path = predict_from_files(
-            model, image, out, metadata=metadata, udm2=udm2, product=_product(product), config=_config(config),
-            progress=progress,
-        )
-    console.print(f"Prediction written to {path}")
+        if len(scenes) == 1 and not mosaic:
+            path = predict_from_files(
+                model, scenes[0], out, metadata=metadata, udm2=udm2, product=_product(product),
+                config=_config(config), progress=progress, execution=execution, resume=resume, tile_size=tile_size,
+            )
+            outputs = [path]
+        else:
+            result = predict_many(
+                model, scenes, out, mosaic=mosaic, metadata=metadata, udm2=udm2, product=_product(product),
+                config=_config(config), execution=execution, resume=resume, tile_size=tile_size, progress=progress,
+            )
+            outputs = result.outputs
+    if mosaic:
+        console.print(f"Mosaic of {len(scenes)} scene(s) written to {outputs[0]}")
+    else:
+        for path in outputs:
+            console.print(f"Prediction written to {path}")
 
 
 @app.command()

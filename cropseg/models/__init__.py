@@ -1,9 +1,15 @@
 """Models and model directories.
 
+Model kinds (``--model``): ``knn`` (the reference: KNN on the 4 reflectances), ``rf`` (random
+forest), ``lgbm`` (LightGBM) on per-pixel features, and ``unet`` (a compact U-Net on feature
+windows; needs ``cropseg[cnn]``). The interfaces they share are in :mod:`cropseg.models.base`.
+
 A model directory holds ``model.json`` (the model card: kind, features, hyper-parameters,
-cross-validation scores, training data, library versions, and the sha256 of the weights) and
-the weights in a safe format. :func:`load_model` refuses a directory that is not a cropseg
-model, whose weights do not match the card's digest, or whose weights hold unexpected types.
+cross-validation scores, threshold, training data, library versions, and the sha256 of the
+weights) and the weights in a safe format: skops with an allow-list of types (knn, rf),
+LightGBM's own text format (lgbm), safetensors (unet). :func:`load_model` refuses a directory
+that is not a cropseg model, whose weights do not match the card's digest, or whose weights hold
+unexpected types; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ import numpy as np
 from cropseg.errors import InputFileNotFoundError, ModelError, OutputError
 from cropseg.features import FeatureSpec
 from cropseg.manifest import file_digest, now_iso, software_versions
+from cropseg.models.base import ImageModel, PixelModel
+from cropseg.models.cnn import UNetModel
+from cropseg.models.forest import ForestModel
+from cropseg.models.lgbm import LGBMModel
 from cropseg.models.pixel import KNNModel
 from cropseg.raster_io import atomic_path
 
@@ -26,20 +36,51 @@ CARD_NAME = "model.json"
 CARD_FORMAT = "cropseg-model"
 CARD_VERSION = 1
 
-MODEL_KINDS: dict[str, type[KNNModel]] = {KNNModel.kind: KNNModel}
+AnyModel = KNNModel | ForestModel | LGBMModel | UNetModel
+MODEL_KINDS: dict[str, type[AnyModel]] = {
+    KNNModel.kind: KNNModel,
+    ForestModel.kind: ForestModel,
+    LGBMModel.kind: LGBMModel,
+    UNetModel.kind: UNetModel,
+}
+#: Libraries whose version goes into the card, per model kind.
+_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "knn": ("skops",),
+    "rf": ("skops",),
+    "lgbm": ("lightgbm",),
+    "unet": ("torch", "safetensors"),
+}
 
 
 @dataclass
 class TrainedModel:
     """A fitted model with what is needed to apply it: features, threshold and its card."""
 
-    model: KNNModel
+    model: AnyModel
     features: FeatureSpec
     threshold: float = 0.5
     card: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def is_image_model(self) -> bool:
+        """Whether the model classifies whole windows (else single pixels)."""
+        return self.model.input == "image"
+
+    @property
+    def halo(self) -> int:
+        """Reflectance pixels of context needed around a window: the features' plus the network's."""
+        extra = self.model.halo if isinstance(self.model, UNetModel) else 0
+        return self.features.halo + extra
+
+    @property
+    def stride(self) -> int:
+        """Window offsets must be multiples of this (1 for per-pixel models)."""
+        return self.model.stride if isinstance(self.model, UNetModel) else 1
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Crop probability for (n_samples, n_features) rows."""
+        """Crop probability for (n_samples, n_features) rows (per-pixel models only)."""
+        if isinstance(self.model, UNetModel):
+            raise ModelError("a U-Net classifies windows, not single pixels; use cropseg.predict.predict_window")
         return self.model.predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -47,7 +88,7 @@ class TrainedModel:
         return (self.predict_proba(X) >= self.threshold).astype(np.uint8)
 
 
-def new_model(kind: str, **kwargs: Any) -> KNNModel:
+def new_model(kind: str, **kwargs: Any) -> AnyModel:
     """An unfitted model of a registered kind."""
     try:
         cls = MODEL_KINDS[kind]
@@ -73,7 +114,7 @@ def save_model(trained: TrainedModel, folder: str | Path, extra: dict[str, Any] 
             "threshold": trained.threshold,
             "features": {**trained.features.to_dict(), "names": trained.features.names},
             **(extra or {}),
-            "software": software_versions(("skops",)),
+            "software": software_versions(_LIBRARIES.get(trained.model.kind, ())),
             "weights": {"file": weights.name, "sha256": file_digest(weights)},
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -121,9 +162,29 @@ def load_model(folder: str | Path) -> TrainedModel:
             "refusing to load it. Retrain or restore the model"
         )
     model = MODEL_KINDS[kind].load(folder, card.get("params", {}))
-    return TrainedModel(
-        model=model,
-        features=FeatureSpec.from_dict(card["features"]),
-        threshold=float(card.get("threshold", 0.5)),
-        card=card,
-    )
+    try:
+        features = FeatureSpec.from_dict(card["features"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{folder / CARD_NAME}: bad feature description ({exc}); retrain the model") from exc
+    if isinstance(model, LGBMModel) and model.n_features != len(features.names):
+        raise ModelError(
+            f"{path} expects {model.n_features} features but the card lists {len(features.names)}; retrain the model"
+        )
+    return TrainedModel(model=model, features=features, threshold=float(card.get("threshold", 0.5)), card=card)
+
+
+__all__ = [
+    "CARD_NAME",
+    "MODEL_KINDS",
+    "ForestModel",
+    "ImageModel",
+    "KNNModel",
+    "LGBMModel",
+    "PixelModel",
+    "TrainedModel",
+    "UNetModel",
+    "load_model",
+    "new_model",
+    "read_card",
+    "save_model",
+]

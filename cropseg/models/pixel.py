@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import skops.io as sio
-from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold, cross_val_score
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 from cropseg.errors import LabelError, ModelError
+from cropseg.models.base import Reweight
 
 #: Types a KNN model file may contain beyond skops' defaults.
 _KNN_TRUSTED = [
@@ -54,6 +55,7 @@ class KNNModel:
     """The reference model: KNN on per-pixel features, k chosen by spatially blocked CV."""
 
     kind: ClassVar[str] = "knn"
+    input: ClassVar[Literal["pixels", "image"]] = "pixels"
     weights_file: ClassVar[str] = "model.skops"
 
     def __init__(
@@ -78,14 +80,20 @@ class KNNModel:
             return {}
         return {"n_neighbors": int(self.estimator.n_neighbors), "weights": self.estimator.weights}
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, reweight: Reweight = "none", rgd_clip: float = 1.0
+    ) -> dict[str, Any]:
         """Tune k by spatially blocked CV, refit on all samples with the best k, return the CV report.
 
         Args:
             X: (n_samples, n_features) float32.
             y: (n_samples,) 1 crop, 0 non-crop.
             groups: (n_samples,) spatial block id of each sample.
+            reweight: must be ``none`` (a KNN has no loss to re-weight).
+            rgd_clip: unused.
         """
+        if reweight != "none":
+            raise ModelError("RGD re-weighting applies to gradient-trained models (lgbm, unet), not to knn")
         n_groups = len(np.unique(groups))
         if n_groups < self.cv_folds:
             raise LabelError(
@@ -107,18 +115,20 @@ class KNNModel:
         search.fit(X, y, groups=groups)
         best_k = int(search.best_params_["n_neighbors"])
         self.estimator = search.best_estimator_
-        random_scores = cross_val_score(
-            KNeighborsClassifier(n_neighbors=best_k),
-            X,
-            y,
-            cv=StratifiedKFold(n_splits=self.cv_folds, shuffle=True, random_state=0),
-            scoring="f1_weighted",
+        best = KNeighborsClassifier(n_neighbors=best_k)
+        oof = cross_val_predict(
+            best, X, y, groups=groups, cv=GroupKFold(n_splits=self.cv_folds), method="predict_proba",
             n_jobs=self.n_jobs,
-        )
+        )[:, 1]
+        random_oof = cross_val_predict(
+            best, X, y, cv=StratifiedKFold(n_splits=self.cv_folds, shuffle=True, random_state=0),
+            method="predict_proba", n_jobs=self.n_jobs,
+        )[:, 1]
         res = search.cv_results_
         table = [
             {
                 "k": int(k),
+                "params": {"n_neighbors": int(k)},
                 "mean_f1_weighted": float(m),
                 "std_f1_weighted": float(s),
                 "fold_scores": [float(res[f"split{i}_test_score"][j]) for i in range(self.cv_folds)],
@@ -132,8 +142,8 @@ class KNNModel:
             "scoring": "f1_weighted",
             "table": table,
             "chosen": {"n_neighbors": best_k},
-            "blocked_cv_f1_weighted": float(search.best_score_),
-            "random_cv_f1_weighted": float(np.mean(random_scores)),
+            "oof_proba": oof.astype(np.float32),
+            "random_oof_proba": random_oof.astype(np.float32),
             "seconds": round(time.perf_counter() - start, 2),
         }
 

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cropseg.errors import ConfigError
+from cropseg.features import (
+    FEATURE_PRESETS,
+    INDICES,
+    PLANETSCOPE_BANDS,
+    FeatureSpec,
+    compute_features,
+    data_mask,
+    feature_preset,
+    local_stats,
+)
+
+
+def _refl(rows=20, cols=24, seed=0):
+    rng = np.random.default_rng(seed)
+    refl = rng.uniform(0.02, 0.5, size=(4, rows, cols)).astype(np.float32)
+    refl[:, :3, :5] = 0  # nodata corner
+    return refl
+
+
+def test_default_is_the_reference():
+    spec = FeatureSpec()
+    assert spec.names == list(PLANETSCOPE_BANDS) and spec.halo == 0
+    assert feature_preset("reference") == spec
+    refl = _refl()
+    assert np.array_equal(compute_features(refl, spec), refl)
+
+
+def test_indices_values():
+    refl = np.array([0.05, 0.1, 0.2, 0.4], np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    spec = FeatureSpec(reflectance=False, indices=tuple(INDICES))
+    f = compute_features(refl, spec)[:, 0, 0]
+    got = dict(zip(spec.names, f, strict=True))
+    assert got["ndvi"] == pytest.approx(0.2 / 0.6)
+    assert got["ndwi"] == pytest.approx(-0.3 / 0.5)
+    assert got["gndvi"] == pytest.approx(0.3 / 0.5)
+    assert got["evi2"] == pytest.approx(2.5 * 0.2 / (0.4 + 0.48 + 1))
+    assert got["savi"] == pytest.approx(1.5 * 0.2 / 1.1)
+    assert got["brightness"] == pytest.approx(0.1875)
+    # nodata (all zero) gives 0, not NaN
+    assert np.isfinite(compute_features(np.zeros((4, 3, 3), np.float32), spec)).all()
+
+
+def test_local_stats_match_brute_force_and_ignore_invalid():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(9, 11)).astype(np.float32)
+    valid = rng.random((9, 11)) > 0.3
+    got = local_stats(x, valid, 5)
+    for r in range(9):
+        for c in range(11):
+            win = (slice(max(r - 2, 0), r + 3), slice(max(c - 2, 0), c + 3))
+            vals = x[win][valid[win]]
+            if vals.size:
+                assert got["mean"][r, c] == pytest.approx(vals.mean(), abs=1e-5)
+                assert got["std"][r, c] == pytest.approx(vals.std(), abs=1e-3)
+            else:
+                assert got["mean"][r, c] == 0
+
+
+def test_nodata_does_not_bleed_into_context():
+    refl = np.zeros((4, 10, 10), np.float32)
+    refl[:, :, 5:] = 0.3  # data only on the right half, constant
+    spec = FeatureSpec(context=("nir",), scales=(5,))
+    f = compute_features(refl, spec)
+    names = spec.names
+    assert np.allclose(f[names.index("mean5_nir"), :, 5:], 0.3)
+    assert np.all(f[names.index("std5_nir"), :, 5:] == 0)
+    assert data_mask(refl)[:, 5:].all() and not data_mask(refl)[:, :5].any()
+
+
+@settings(max_examples=15, deadline=None)
+@given(tile=st.integers(3, 17), seed=st.integers(0, 5))
+def test_tiled_features_equal_whole(tile, seed):
+    spec = FEATURE_PRESETS["context"]
+    refl = _refl(30, 26, seed)
+    h = spec.halo
+    whole = compute_features(refl, spec)
+    padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
+    rows, cols = refl.shape[1:]
+    for r in range(0, rows, tile):
+        for c in range(0, cols, tile):
+            r1, c1 = min(r + tile, rows), min(c + tile, cols)
+            part = compute_features(padded[:, r : r1 + 2 * h, c : c1 + 2 * h], spec)[:, h : h + r1 - r, h : h + c1 - c]
+            np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-6)
+
+
+def test_names_match_output_and_round_trip():
+    spec = FEATURE_PRESETS["context"]
+    assert compute_features(_refl(), spec).shape[0] == len(spec.names)
+    assert spec.halo == 15
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    old_card = {"bands": ["blue", "green", "red", "nir"], "reflectance": True}
+    assert FeatureSpec.from_dict(old_card) == FeatureSpec()
+    assert "std31_ndvi" in spec.names and "mean3_nir" in spec.names
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"indices": ("nope",)}, "unknown spectral index"),
+        ({"context": ("nir",), "scales": (4,)}, "odd"),
+        ({"context": ("nir",)}, "both"),
+        ({"context": ("ndvi",), "scales": (3,)}, "neither bands nor selected"),
+        ({"bands": ("a", "b"), "indices": ("ndvi",)}, "needs band"),
+        ({"context": ("nir",), "scales": (3,), "stats": ("max",)}, "unknown statistic"),
+    ],
+)
+def test_bad_specs_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        FeatureSpec(**kwargs)
+    with pytest.raises(ConfigError, match="unknown feature set"):
+        feature_preset("fancy")

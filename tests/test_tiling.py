@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cropseg.grid import Window
+from cropseg.tiling import OUT_BLOCK, cut, intersect, plan_tiles, stitch, tile_shape
+
+shapes = st.tuples(st.integers(1, 70), st.integers(1, 70))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, tile=st.tuples(st.integers(1, 40), st.integers(1, 40)), halo=st.integers(0, 9),
+       bands=st.integers(1, 3))
+def test_tiling_then_stitching_is_the_identity(shape, tile, halo, bands):
+    image = np.random.default_rng(0).integers(0, 255, (bands, *shape), dtype=np.uint8)
+    tiles = plan_tiles(shape, tile, halo)
+    # read windows carry the halo; stitching keeps each centre
+    assert np.array_equal(stitch(((t, cut(image, t.read)) for t in tiles), shape), image)
+    # cores partition the grid
+    count = np.zeros(shape, int)
+    for t in tiles:
+        count[t.core.slices] += 1
+        assert t.halo == halo
+        assert cut(image, t.read)[(..., *t.crop)].shape[-2:] == (t.core.height, t.core.width)
+    assert (count == 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, tile=st.integers(1, 30), halo=st.integers(0, 6))
+def test_a_neighbourhood_filter_tiled_equals_whole(shape, tile, halo):
+    # a (2*halo+1) box sum with zero padding: tiled with that halo equals the whole-image result
+    from scipy.ndimage import uniform_filter
+
+    image = np.random.default_rng(1).integers(0, 9, shape).astype(np.float64)
+    size = 2 * halo + 1
+
+    def box(a):
+        return np.rint(uniform_filter(a, size, mode="constant", cval=0.0) * size * size)
+
+    whole = box(image)
+    pieces = ((t, box(cut(image, t.read))) for t in plan_tiles(shape, tile, halo))
+    assert np.array_equal(stitch(pieces, shape), whole)
+
+
+def test_cut_pads_outside_with_fill():
+    image = np.arange(12).reshape(3, 4)
+    out = cut(image, Window(-1, -1, 3, 3), fill=-7)
+    assert out.tolist() == [[-7, -7, -7], [-7, 0, 1], [-7, 4, 5]]
+    assert intersect(Window(10, 10, 2, 2), (3, 4)) is None
+
+
+def test_tile_shape_aligns_to_blocks():
+    # a tiled 512 input: multiples of 512
+    assert tile_shape(512, (9000, 4800), (512, 512)) == (512, 512)
+    assert tile_shape(1000, (9000, 4800), (512, 512)) == (1024, 1024)
+    # 256 px input blocks nest in the 512 px output blocks
+    assert tile_shape(512, (9000, 4800), (256, 256)) == (512, 512)
+    # strips: rows stay multiples of the output block
+    assert tile_shape(512, (4800, 9000), (8, 9000)) == (512, 512)
+    # a small image: one tile
+    assert tile_shape(512, (40, 48), (40, 48)) == (512, 512)
+    # tiles under the output block are used as they are (tests, tiny images)
+    assert tile_shape(7, (40, 48)) == (7, 7)
+    assert tile_shape(7, (40, 48), stride=4) == (8, 8)
+    # a CNN's stride
+    rows, cols = tile_shape(600, (5000, 5000), (512, 512), stride=32)
+    assert rows % OUT_BLOCK == 0 and rows % 32 == 0 and cols == rows
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        tile_shape(0, (4, 4))
+    with pytest.raises(ValueError):
+        plan_tiles((4, 4), 0)
+    with pytest.raises(ValueError):
+        stitch([], (4, 4))
