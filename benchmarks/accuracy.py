@@ -273,7 +273,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(f"{k}:{r}" for _, k, r in ROWS),
                     help="comma-separated kind:reweight rows to run (default: all)")
     ap.add_argument("--skip-s2", action="store_true", help="skip data (b)")
-    ap.add_argument("--default", default="unet", help="the model kind checked against the target")
+    ap.add_argument("--default", default="lgbm", help="the model kind checked against the target")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--json", type=Path, help="also write the raw results as JSON")
     args = ap.parse_args()

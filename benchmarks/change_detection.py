@@ -85,7 +85,8 @@ def scene(work: Path, name: str, seed: int, rate: float, size: float, lon_shift:
     return write_synth(synthesize(truth, aoi, seed=seed, change_rate=rate), work / name)
 
 
-def run(pairs: list[tuple[int, int]], rates: list[float], size: float, min_area: float) -> list[dict[str, Any]]:
+def run(pairs: list[tuple[int, int]], rates: list[float], size: float, min_area: float,
+        kinds: tuple[str, ...] = ("knn",)) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -95,10 +96,14 @@ def run(pairs: list[tuple[int, int]], rates: list[float], size: float, min_area:
                 tag = f"r{rate}_s{train_seed}_{test_seed}"
                 train = scene(work, f"{tag}_train", train_seed, rate, size, 0.0)
                 test = scene(work, f"{tag}_test", test_seed, rate, size, 0.05)
-                train_from_files(work / f"{tag}_train", train["truth"], work / f"{tag}_model", aoi=train["aoi"])
-                pred = predict_from_files(work / f"{tag}_model", work / f"{tag}_test", work / f"{tag}_pred.tif")
                 fields = gpd.read_file(test["fields"])
-                for model, p in (("knn", pred), ("oracle", test["actual"])):
+                preds: list[tuple[str, Path]] = []
+                for kind in kinds:
+                    model_dir = work / f"{tag}_{kind}_model"
+                    train_from_files(work / f"{tag}_train", train["truth"], model_dir, aoi=train["aoi"], kind=kind)
+                    pred = predict_from_files(model_dir, work / f"{tag}_test", work / f"{tag}_{kind}.tif")
+                    preds.append((kind, pred))
+                for model, p in (*preds, ("oracle", test["actual"])):
                     rep = change_report_files(
                         p, test["truth"], work / f"{tag}_{model}_change", aoi=test["aoi"], min_area=min_area
                     )
@@ -117,10 +122,11 @@ def main() -> None:
     ap.add_argument("--rates", default="0.1,0.2", help="change rates")
     ap.add_argument("--size", type=float, default=3000.0, help="scene size in metres")
     ap.add_argument("--min-area", type=float, default=5000.0, help="smallest change reported and scored (m2)")
+    ap.add_argument("--models", default="knn", help="comma-separated model kinds whose predictions are scored")
     args = ap.parse_args()
     pairs = [(int(a), int(b)) for a, b in (p.split(":") for p in args.pairs.split(","))]
     rates = [float(r) for r in args.rates.split(",")]
-    rows = run(pairs, rates, args.size, args.min_area)
+    rows = run(pairs, rates, args.size, args.min_area, tuple(args.models.split(",")))
     print(f"{'rate':>5} {'seeds':>7} {'model':>7} | {'kind':>4} {'reported':>8} {'correct':>7} {'changed':>7} "
           f"{'found':>5} {'precision':>9} {'recall':>7}")
     totals: dict[tuple[str, str], list[int]] = {}
@@ -138,7 +144,7 @@ def main() -> None:
         print(f"  {model:>7} {kind:>4}: precision {_fmt(cor / rep if rep else float('nan'))} ({cor}/{rep}), "
               f"recall {_fmt(fnd / chg if chg else float('nan'))} ({fnd}/{chg})")
     print(f"\nreproduce: python benchmarks/change_detection.py --pairs {args.pairs} --rates {args.rates} "
-          f"--size {args.size:g} --min-area {args.min_area:g}")
+          f"--size {args.size:g} --min-area {args.min_area:g} --models {args.models}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def _measure(args: list[str]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-throughput"))
-    ap.add_argument("--models", default="knn,lgbm:off,lgbm:on",
+    ap.add_argument("--models", default="knn,rf,lgbm:off,lgbm:on,unet",
                     help="MODEL[:accelerate] for the Mpx/s vs I/O comparison (2k scene)")
     ap.add_argument("--sizes", default="2048,8192,16384", help="square scene sides for memory and linearity")
     ap.add_argument("--size-model", default="lgbm:on", help="model for the size sweep")
@@ -241,6 +241,20 @@ def main() -> None:
         for spec in args.psscene_models.split(","):
             run_predict(scene, cols * nrows, spec, args.modes.split(",")[0], polygons=True)
     (work / "results.json").write_text(json.dumps(rows, indent=1))
+    print(markdown(rows))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table; ratios against the I/O run on the same scene in this run."""
+    io = {r["scene"]: r["mpx_s"] for r in rows if r["what"] == "io"}
+    head = "| run | model | workers | scene | Mpx | seconds | Mpx/s | x slower than I/O | polygons s | peak RSS MiB |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        ratio = "" if r["what"] == "io" else f"{io[r['scene']] / r['mpx_s']:.1f}"
+        poly = f"{r['polygon_seconds']:.1f}" if r.get("what") == "predict+polygons" else ""
+        lines.append(f"| {r['what']} | {r.get('model', '')} | {r.get('mode', '')} | {r['scene']} | {r['mpx']:.1f} "
+                     f"| {r['seconds']:.1f} | {r['mpx_s']:.2f} | {ratio} | {poly} | {r['peak_mib']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

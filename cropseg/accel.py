@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -27,9 +28,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from cropseg.errors import ModelError
+
+log = logging.getLogger(__name__)
+
 Accelerate = Literal["auto", "on", "off"]
 #: With ``auto``, compile (when no compiled copy is cached) only for runs of at least this many pixels.
-AUTO_COMPILE_PIXELS = 20_000_000
+#: The default ensemble (40 rounds x 31 leaves) compiles in under a second here, then comes from the cache.
+AUTO_COMPILE_PIXELS = 1_000_000
 
 
 def cache_dir() -> Path:
@@ -48,7 +54,10 @@ def available() -> bool:
 
 def _raw_model_text(text: str) -> str:
     """The model text with an identity objective, so compiled predictions are raw scores."""
-    return re.sub(r"(?m)^objective=.*$", "objective=regression", text)
+    if re.search(r"(?m)^objective=", text):
+        return re.sub(r"(?m)^objective=.*$", "objective=regression", text)
+    # a custom objective (RGD) leaves no objective line: add one to the header block
+    return re.sub(r"(?m)^(max_feature_idx=.*)$", r"\1\nobjective=regression", text, count=1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -146,4 +155,14 @@ def accelerate(trained: Any, mode: Accelerate = "auto", pixels: int = 0) -> Any:
     compiled = CompiledLGBM(model.booster.model_to_string(), getattr(model, "params", {}))
     if mode == "auto" and not compiled.cached and pixels < AUTO_COMPILE_PIXELS:
         return trained
-    return dataclasses.replace(trained, model=compiled.compile())
+    try:
+        fast = compiled.compile()
+    except Exception as exc:  # an lleaves / llvmlite pair that does not work together, a compiler error
+        if mode == "on":
+            raise ModelError(
+                f"cannot compile the LightGBM model with lleaves ({type(exc).__name__}: {exc}); "
+                "reinstall with pip install 'cropseg[fast]' (it pins a compatible llvmlite) or use accelerate off"
+            ) from exc
+        log.warning("compiling the LightGBM model failed (%s); predicting with LightGBM itself", exc)
+        return trained
+    return dataclasses.replace(trained, model=fast)

@@ -28,7 +28,7 @@ def test_reference_pipeline_on_dwr_geometry(tmp_path):
         cli("synth", "--labels", dwr / f"ground-truth-{name}.geojson", "--aoi", dwr / f"aoi-{name}.geojson",
             "--out", tmp_path / name, "--seed", seed)
     out = cli("train", "--image", tmp_path / "test", "--labels", dwr / "ground-truth-test.geojson",
-              "--aoi", dwr / "aoi-test.geojson", "--out", tmp_path / "model")
+              "--aoi", dwr / "aoi-test.geojson", "--model", "knn", "--out", tmp_path / "model")
     card = json.loads((tmp_path / "model" / "model.json").read_text())
     k = card["params"]["n_neighbors"]
     assert f"Chosen k={k}" in out

@@ -20,7 +20,7 @@ from cropseg.models import (
 )
 from cropseg.models.base import choose_threshold, rgd_weights, threshold_table
 from cropseg.models.lgbm import rgd_objective
-from cropseg.predict import predict_window
+from cropseg.predict import predict_proba_window, predict_window
 from cropseg.train import cv_summary, fit_image_model, fit_model
 
 pytestmark = pytest.mark.filterwarnings(
@@ -202,14 +202,43 @@ def test_unet_tiled_matches_whole(unet):
     h = trained.halo
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
     valid = np.ones(labels.shape, bool)
-    whole = predict_window(trained, padded, valid, h)
-    tiled = np.zeros_like(whole)
+    whole = predict_proba_window(trained, padded, valid, h)
+    tiled = np.full_like(whole, np.nan)
     for r in range(0, 64, 32):
         for c in range(0, 80, 16):
-            tiled[r : r + 32, c : c + 16] = predict_window(
+            tiled[r : r + 32, c : c + 16] = predict_proba_window(
                 trained, padded[:, r : r + 32 + 2 * h, c : c + 16 + 2 * h], valid[r : r + 32, c : c + 16], h
             )
-    assert (tiled == whole).mean() > 0.99
+    # the same numbers up to float rounding (convolutions of other sizes sum in another order)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(tiled >= trained.threshold, whole >= trained.threshold)
+
+
+def test_unet_halo_covers_its_receptive_field():
+    torch = pytest.importorskip("torch")
+    from cropseg.models.cnn import build_unet
+
+    model = UNetModel(widths=(8, 8, 8))
+    net = build_unet(6, model.widths).eval()
+    reach = 0
+    for phase in range(model.stride):  # an output pixel's inputs, at every phase of the stride
+        x = torch.randn(1, 6, 256, 256, requires_grad=True)
+        net(x)[0, 96 + phase, 96 + phase].backward()
+        rows = torch.nonzero(x.grad.abs().sum((0, 1)))[:, 0]
+        reach = max(reach, 96 + phase - int(rows.min()), int(rows.max()) - 96 - phase)
+    assert 0 < reach <= model.halo and model.halo % model.stride == 0
+
+
+def test_unet_pickles_for_process_pools(unet):
+    import pickle
+
+    trained, _, _, refl, labels = unet
+    copy = pickle.loads(pickle.dumps(trained))
+    h = trained.halo
+    padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
+    valid = np.ones(labels.shape, bool)
+    np.testing.assert_array_equal(predict_proba_window(copy, padded, valid, h),
+                                  predict_proba_window(trained, padded, valid, h))
 
 
 def test_unet_weights_are_checked(unet, tmp_path):

@@ -226,7 +226,7 @@ def test_tiled_prediction_equals_the_whole_image_at_once(setup, tmp_path, kind):
     scene = open_scene(files["image"])
     trained = load_model(tmp / "model") if kind == "pixel" else _ToyTrained()
     window_fn = predict_window if kind == "pixel" else toy_window
-    halo = 0 if kind == "pixel" else 8
+    halo = trained.halo if kind == "pixel" else 8  # the default model has context features: a 15 px halo
     refl = scene.read_reflectance()
     valid = scene.read_valid()
     padded = cut(refl, Window(-halo, -halo, 96 + 2 * halo, 80 + 2 * halo))
@@ -292,3 +292,24 @@ def test_compiled_lightgbm_gives_the_same_probabilities_and_bytes(setup, tmp_pat
     predict_jobs(trained, [PredictJob(scene, tmp_path / "slow.tif")], predict_window, accelerate="off")
     predict_jobs(trained, [PredictJob(scene, tmp_path / "fast.tif")], predict_window, accelerate="on")
     assert (tmp_path / "slow.tif").read_bytes() == (tmp_path / "fast.tif").read_bytes()
+
+
+def test_a_custom_objective_model_compiles_too(setup, tmp_path, monkeypatch):
+    from cropseg import accel
+
+    if not accel.available():
+        pytest.skip("lleaves is not installed (pip install 'cropseg[fast]')")
+    from cropseg.models import TrainedModel
+    from cropseg.models.lgbm import LGBMModel
+
+    monkeypatch.setenv("CROPSEG_CACHE", str(tmp_path / "cache"))
+    _, files = setup
+    refl = open_scene(files["image"]).read_reflectance().reshape(4, -1).T
+    y = (refl[:, 3] > 2 * refl[:, 2]).astype(int)
+    groups = np.arange(len(y)) % 6
+    model = LGBMModel(grid=({"num_leaves": 7, "min_data_in_leaf": 5},), max_rounds=10)
+    model.fit(refl, y, groups, reweight="rgd", rgd_clip=1.0)  # RGD: a custom objective, no objective line
+    trained = TrainedModel(model, FeatureSpec(), threshold=0.5, card={"model": "lgbm"})
+    fast = accel.accelerate(trained, "on")
+    assert isinstance(fast.model, accel.CompiledLGBM)
+    np.testing.assert_allclose(fast.predict_proba(refl), trained.predict_proba(refl), rtol=0, atol=1e-6)

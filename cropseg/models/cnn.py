@@ -12,7 +12,8 @@ Architecture (``widths`` = (a, b, c), default (24, 48, 64)), chosen to be cheap 
 
 Windows are predicted with a ``halo`` of context on each side (overlapping windows whose
 centres are kept), at offsets that are multiples of the total down-sampling (``stride`` 16),
-so tiled prediction matches whole-image prediction except for context beyond the halo.
+and the halo covers the network's whole receptive field, so tiled prediction equals whole-image
+prediction.
 
 Training (:meth:`UNetModel.fit_image`) draws random 128 x 128 patches (with flips and 90 degree
 rotations) from the feature image. Spatial blocks of one fold are held out of the loss (they
@@ -137,10 +138,34 @@ class UNetModel:
         self.mean = mean
         self.std = std
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the network as its state_dict (the class is built at run time), for process pools and Dask."""
+        state = dict(self.__dict__)
+        net = state.pop("net")
+        if net is not None:
+            state["_net_state"] = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        net_state = state.pop("_net_state", None)
+        self.__dict__.update(state)
+        self.net = None
+        if net_state is not None and self.mean is not None:
+            torch = _torch()
+            a, b, c = self.widths
+            net = build_unet(int(self.mean.shape[0]), (a, b, c))
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in net_state.items()}, strict=True)
+            self.net = net.to(pick_device(self.device)).eval()
+
     @property
     def halo(self) -> int:
-        """Context pixels kept around each predicted window."""
-        return 32
+        """Context pixels kept around each predicted window: the network's receptive field.
+
+        An output pixel depends on inputs up to 99 px away (measured by back-propagating from one
+        output pixel at each of the 16 phases of the stride), so 112 (a multiple of the stride) makes
+        tiled prediction equal to predicting the whole (halo-padded) image at once.
+        """
+        return 112
 
     @property
     def stride(self) -> int:

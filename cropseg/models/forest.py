@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-import skops.io as sio
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold, cross_val_predict
 
-from cropseg.errors import LabelError, ModelError
 from cropseg.models.base import Reweight
-from cropseg.models.pixel import load_skops
+from cropseg.models.pixel import SklearnPixelModel
 
 #: Types a random-forest file may contain beyond skops' defaults.
 _RF_TRUSTED = ["sklearn.tree._tree.Tree"]
 
 
-class ForestModel:
+class ForestModel(SklearnPixelModel):
     """scikit-learn RandomForestClassifier on per-pixel features."""
 
     kind: ClassVar[str] = "rf"
-    input: ClassVar[Literal["pixels", "image"]] = "pixels"
-    weights_file: ClassVar[str] = "model.skops"
+    trusted: ClassVar[list[str]] = _RF_TRUSTED
+    estimator_type: ClassVar[type[Any]] = RandomForestClassifier
+    estimator_name: ClassVar[str] = "random forest"
 
     def __init__(
         self,
@@ -73,14 +72,7 @@ class ForestModel:
         self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, reweight: Reweight = "none", rgd_clip: float = 1.0
     ) -> dict[str, Any]:
         """Tune ``min_samples_leaf`` by blocked CV (weighted F1), refit on all samples."""
-        if reweight != "none":
-            raise ModelError("RGD re-weighting applies to gradient-trained models (lgbm, unet), not to rf")
-        n_groups = len(np.unique(groups))
-        if n_groups < self.cv_folds:
-            raise LabelError(
-                f"the labelled pixels fall in only {n_groups} spatial block(s), fewer than the {self.cv_folds} "
-                "cross-validation folds; label a larger area or lower the CV block size"
-            )
+        self._check_fit(groups, reweight)
         start = time.perf_counter()
         blocked = GroupKFold(n_splits=self.cv_folds)
         search = GridSearchCV(
@@ -93,48 +85,10 @@ class ForestModel:
         oof = cross_val_predict(self._new(leaf), X, y, groups=groups, cv=blocked, method="predict_proba")[:, 1]
         random_cv = StratifiedKFold(n_splits=self.cv_folds, shuffle=True, random_state=self.seed)
         random_oof = cross_val_predict(self._new(leaf), X, y, cv=random_cv, method="predict_proba")[:, 1]
-        res = search.cv_results_
-        table = [
-            {
-                "params": {"min_samples_leaf": int(v)},
-                "mean_f1_weighted": float(m),
-                "std_f1_weighted": float(s),
-                "fold_scores": [float(res[f"split{i}_test_score"][j]) for i in range(self.cv_folds)],
-            }
-            for j, (v, m, s) in enumerate(
-                zip(res["param_min_samples_leaf"], res["mean_test_score"], res["std_test_score"], strict=True)
-            )
-        ]
-        return {
-            "method": f"{self.cv_folds}-fold spatially blocked (GroupKFold over blocks)",
-            "scoring": "f1_weighted",
-            "table": table,
-            "chosen": {"min_samples_leaf": leaf},
-            "oof_proba": oof.astype(np.float32),
-            "random_oof_proba": random_oof.astype(np.float32),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of crop for each row of X, float32."""
-        if self.estimator is None:
-            raise ModelError("the model is not fitted")
-        classes = list(self.estimator.classes_)
-        return np.asarray(self.estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float32)
-
-    def save(self, folder: Path) -> Path:
-        """Write the forest with skops."""
-        if self.estimator is None:
-            raise ModelError("the model is not fitted")
-        path = folder / self.weights_file
-        sio.dump(self.estimator, path)
-        return path
+        return self._report(search, "min_samples_leaf", oof, random_oof, start)
 
     @classmethod
     def load(cls, folder: Path, params: dict[str, Any]) -> ForestModel:
         """Load a forest written by :meth:`save`, refusing unexpected types."""
-        estimator = load_skops(folder / cls.weights_file, _RF_TRUSTED)
-        if not isinstance(estimator, RandomForestClassifier):
-            raise ModelError(f"{folder / cls.weights_file} does not hold a random forest")
-        estimator.n_jobs = -1
+        estimator = cls._load_estimator(folder)
         return cls(estimator=estimator)

@@ -51,12 +51,88 @@ def load_skops(path: Path, trusted: list[str]) -> Any:
         raise ModelError(f"cannot load {path}: {exc}") from exc
 
 
-class KNNModel:
+class SklearnPixelModel:
+    """What the scikit-learn per-pixel models share: the checks, the CV report, probabilities and skops files."""
+
+    kind: ClassVar[str] = ""
+    input: ClassVar[Literal["pixels", "image"]] = "pixels"
+    weights_file: ClassVar[str] = "model.skops"
+    #: Types the skops file may contain beyond skops' defaults, the estimator class and its name.
+    trusted: ClassVar[list[str]] = []
+    estimator_type: ClassVar[type[Any]] = object
+    estimator_name: ClassVar[str] = ""
+
+    cv_folds: int
+    estimator: Any
+
+    def _check_fit(self, groups: np.ndarray, reweight: Reweight) -> None:
+        if reweight != "none":
+            raise ModelError(f"RGD re-weighting applies to gradient-trained models (lgbm, unet), not to {self.kind}")
+        n_groups = len(np.unique(groups))
+        if n_groups < self.cv_folds:
+            raise LabelError(
+                f"the labelled pixels fall in only {n_groups} spatial block(s), fewer than the {self.cv_folds} "
+                "cross-validation folds; label a larger area or lower the CV block size"
+            )
+
+    def _report(self, search: Any, param: str, oof: np.ndarray, random_oof: np.ndarray, start: float,
+                row_key: str | None = None) -> dict[str, Any]:
+        """The CV report of a fitted ``GridSearchCV`` over one integer ``param``."""
+        res = search.cv_results_
+        table = [
+            {
+                **({row_key: int(v)} if row_key else {}),
+                "params": {param: int(v)},
+                "mean_f1_weighted": float(m),
+                "std_f1_weighted": float(sd),
+                "fold_scores": [float(res[f"split{i}_test_score"][j]) for i in range(self.cv_folds)],
+            }
+            for j, (v, m, sd) in enumerate(
+                zip(res[f"param_{param}"], res["mean_test_score"], res["std_test_score"], strict=True)
+            )
+        ]
+        return {
+            "method": f"{self.cv_folds}-fold spatially blocked (GroupKFold over blocks)",
+            "scoring": "f1_weighted",
+            "table": table,
+            "chosen": {param: int(search.best_params_[param])},
+            "oof_proba": oof.astype(np.float32),
+            "random_oof_proba": random_oof.astype(np.float32),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability of crop for each row of X, float32."""
+        if self.estimator is None:
+            raise ModelError("the model is not fitted")
+        classes = list(self.estimator.classes_)
+        return np.asarray(self.estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float32)
+
+    def save(self, folder: Path) -> Path:
+        """Write the estimator with skops into ``folder``; return the file written."""
+        if self.estimator is None:
+            raise ModelError("the model is not fitted")
+        path = folder / self.weights_file
+        sio.dump(self.estimator, path)
+        return path
+
+    @classmethod
+    def _load_estimator(cls, folder: Path) -> Any:
+        """The estimator written by :meth:`save`, refusing unexpected types; all cores for prediction."""
+        estimator = load_skops(folder / cls.weights_file, cls.trusted)
+        if not isinstance(estimator, cls.estimator_type):
+            raise ModelError(f"{folder / cls.weights_file} does not hold a {cls.estimator_name}")
+        estimator.n_jobs = -1
+        return estimator
+
+
+class KNNModel(SklearnPixelModel):
     """The reference model: KNN on per-pixel features, k chosen by spatially blocked CV."""
 
     kind: ClassVar[str] = "knn"
-    input: ClassVar[Literal["pixels", "image"]] = "pixels"
-    weights_file: ClassVar[str] = "model.skops"
+    trusted: ClassVar[list[str]] = _KNN_TRUSTED
+    estimator_type: ClassVar[type[Any]] = KNeighborsClassifier
+    estimator_name: ClassVar[str] = "KNN classifier"
 
     def __init__(
         self,
@@ -92,14 +168,7 @@ class KNNModel:
             reweight: must be ``none`` (a KNN has no loss to re-weight).
             rgd_clip: unused.
         """
-        if reweight != "none":
-            raise ModelError("RGD re-weighting applies to gradient-trained models (lgbm, unet), not to knn")
-        n_groups = len(np.unique(groups))
-        if n_groups < self.cv_folds:
-            raise LabelError(
-                f"the labelled pixels fall in only {n_groups} spatial block(s), fewer than the {self.cv_folds} "
-                "cross-validation folds; label a larger area or lower the CV block size"
-            )
+        self._check_fit(groups, reweight)
         ks = [k for k in self.k_values if k < len(y) * (self.cv_folds - 1) / self.cv_folds]
         if not ks:
             raise LabelError(f"only {len(y)} labelled samples: too few for KNN with k in {list(self.k_values)}")
@@ -124,50 +193,10 @@ class KNNModel:
             best, X, y, cv=StratifiedKFold(n_splits=self.cv_folds, shuffle=True, random_state=0),
             method="predict_proba", n_jobs=self.n_jobs,
         )[:, 1]
-        res = search.cv_results_
-        table = [
-            {
-                "k": int(k),
-                "params": {"n_neighbors": int(k)},
-                "mean_f1_weighted": float(m),
-                "std_f1_weighted": float(s),
-                "fold_scores": [float(res[f"split{i}_test_score"][j]) for i in range(self.cv_folds)],
-            }
-            for j, (k, m, s) in enumerate(
-                zip(res["param_n_neighbors"], res["mean_test_score"], res["std_test_score"], strict=True)
-            )
-        ]
-        return {
-            "method": f"{self.cv_folds}-fold spatially blocked (GroupKFold over blocks)",
-            "scoring": "f1_weighted",
-            "table": table,
-            "chosen": {"n_neighbors": best_k},
-            "oof_proba": oof.astype(np.float32),
-            "random_oof_proba": random_oof.astype(np.float32),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of crop for each row of X, float32."""
-        if self.estimator is None:
-            raise ModelError("the model is not fitted")
-        classes = list(self.estimator.classes_)
-        proba = self.estimator.predict_proba(X)
-        return np.asarray(proba[:, classes.index(1)], dtype=np.float32)
-
-    def save(self, folder: Path) -> Path:
-        """Write the weights into ``folder``; return the file written."""
-        if self.estimator is None:
-            raise ModelError("the model is not fitted")
-        path = folder / self.weights_file
-        sio.dump(self.estimator, path)
-        return path
+        return self._report(search, "n_neighbors", oof, random_oof, start, row_key="k")
 
     @classmethod
     def load(cls, folder: Path, params: dict[str, Any]) -> KNNModel:
         """Load weights written by :meth:`save`."""
-        estimator = load_skops(folder / cls.weights_file, _KNN_TRUSTED)
-        if not isinstance(estimator, KNeighborsClassifier):
-            raise ModelError(f"{folder / cls.weights_file} does not hold a KNN classifier")
-        estimator.n_jobs = -1
+        estimator = cls._load_estimator(folder)
         return cls(estimator=estimator)
