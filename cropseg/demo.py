@@ -133,7 +133,7 @@ def run_demo(
     lines = [
         "# cropseg demo",
         "",
-        f"Model: {result.trained.model.kind}, {_params(cv['chosen'])} chosen by {cv['method']}; "
+        f"Model: {result.trained.model.kind}, {_params(cv['chosen'])} chosen by {cv['method']} "
         f"(blocked CV F1 {cv['blocked_cv_f1_weighted']:.3f}, random-split CV F1 {cv['random_cv_f1_weighted']:.3f})",
         "",
         "## Test scene against the label-year truth (labels.tif)",

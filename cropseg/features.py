@@ -280,9 +280,13 @@ def compute_features(reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarr
 
 
 def to_samples(features: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """(n_features, rows, cols) -> (n_pixels, n_features), keeping pixels where ``mask`` is True."""
+    """(n_features, rows, cols) -> (n_pixels, n_features), keeping pixels where ``mask`` is True.
+
+    Without a mask, or when it keeps every pixel, the result is a transposed view (no gather), which
+    saves a pass over the features of the (common) windows that are wholly valid.
+    """
     flat = features.reshape(features.shape[0], -1).T
-    if mask is None:
+    if mask is None or mask.all():
         return flat
     return np.asarray(flat[mask.ravel()])
 
