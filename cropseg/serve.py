@@ -9,6 +9,7 @@ Routes (all but ``/healthz`` need the ``X-API-Key`` header when an API key is se
   or named by a path inside ``data_dir``, a ``model`` and options; answers ``202`` with the job at once.
 - ``GET /jobs``, ``GET /jobs/{id}``: state, progress, error and result links; ``DELETE /jobs/{id}``.
 - ``GET /jobs/{id}/prediction.tif`` (COG), ``/polygons.geojson``, ``/polygons.gpkg``, ``/metrics.json``.
+- ``GET /openapi.json``; ``/docs`` (Swagger UI) and ``/redoc`` served from the ``fastapi-offline`` wheel's files.
 
 Bad requests get a JSON body ``{"detail": "message"}``: 400 (malformed request), 401 (API key),
 403 (path outside the data directory), 404 (no such model, job, file or result), 408 (request too
@@ -40,6 +41,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -640,7 +642,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop, settings.shutdown_timeout_seconds)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the wheel's own Swagger UI / ReDoc files, not a CDN
         title="cropseg",
         version=__version__,
         summary="Crop / non-crop segmentation of satellite scenes as a service.",

@@ -14,6 +14,7 @@ The bounded load test lives in test_serve_load.py.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import sqlite3
@@ -168,6 +169,17 @@ def client(server: ThreadServer) -> Iterator[httpx.Client]:
 
 
 # -- routes, registry, round trip ---------------------------------------------------------------------
+
+
+def test_docs_pages_work_offline(client: httpx.Client) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert not re.findall(r"https?://", html), page  # nothing from a CDN or any other host
+        assets = re.findall(r'(?:src|href)="(/static-offline-docs/[^"]+)"', html)
+        assert assets, page
+        for asset in assets:
+            res = client.get(asset)
+            assert res.status_code == 200 and len(res.content) > 1000, asset
 
 
 def test_health_and_openapi_document_every_route(client: httpx.Client) -> None:
