@@ -310,8 +310,8 @@ def main() -> None:
         SECTION,
         "",
         f"`python benchmarks/accuracy.py{' --quick' if args.quick else ''}` ({minutes:.1f} min; {os.cpu_count()} cores "
-        f"{cpu}, no GPU; load average {load0[0]:.1f} at start, {load1[0]:.1f} at end: other jobs shared the machine, "
-        "so absolute times are noisy, but every row ran in the same session). All rows: same scenes, same seeds, "
+        f"{cpu}, no GPU; 1-minute load average {load0[0]:.1f} at start, {load1[0]:.1f} at end, the benchmark's own "
+        "work included; every row ran in the same session). All rows: same scenes, same seeds, "
         "library defaults of `cropseg train` for each `--model` (threshold chosen on blocked out-of-fold "
         "predictions by macro F1). Data (a): `cropseg synth` scenes of the DWR AOIs (seeds 1 and 2, label "
         "change 0.1), scored against the image-year truth `actual.tif` (first columns) and the label-year "

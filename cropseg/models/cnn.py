@@ -109,7 +109,7 @@ class UNetModel:
     def __init__(
         self,
         widths: tuple[int, int, int] = (24, 48, 64),
-        steps: int = 300,
+        steps: int = 1500,
         batch: int = 8,
         patch: int = 128,
         lr: float = 3e-3,
