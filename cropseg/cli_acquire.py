@@ -8,7 +8,7 @@ becomes one ``Error:`` line and exit code 1.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,7 +135,6 @@ def search_planet_cmd(
     """Search Planet's Data API: scenes over the AOI in the date range, best candidates first."""
     try:
         from cropseg.acquire import search_planet
-        from cropseg.acquire._common import write_json
 
         with stderr.status("Searching Planet") as line:
             result = search_planet(
@@ -148,12 +147,19 @@ def search_planet_cmd(
         for rank, c in enumerate(result.candidates, start=1):
             when = c.acquired[:16].replace("T", " ")
             table.add_row(str(rank), c.id, when, _pct(c.cloud_cover), _pct(c.clear), _pct(c.coverage))
-        stdout.print(table)
-        if json_out is not None:
-            write_json(json_out, result.to_geojson())
-            stderr.print(f"Candidates written to {json_out}")
+        _show_candidates(table, result.to_geojson, json_out)
     except CropSegError as exc:
         _fail(exc)
+
+
+def _show_candidates(table: Table, geojson: Callable[[], dict[str, Any]], json_out: Path | None) -> None:
+    """Print a search's table; write its candidates as GeoJSON when asked."""
+    from cropseg.acquire._common import write_json
+
+    stdout.print(table)
+    if json_out is not None:
+        write_json(json_out, geojson())
+        stderr.print(f"Candidates written to {json_out}")
 
 
 @order_app.command("planet")
@@ -218,7 +224,6 @@ def search_stac_cmd(
     """Search a STAC API (Sentinel-2 L2A) over the AOI, best candidates first."""
     try:
         from cropseg.acquire import search_stac
-        from cropseg.acquire._common import write_json
 
         with stderr.status("Searching STAC"):
             result = search_stac(
@@ -233,10 +238,7 @@ def search_stac_cmd(
             table.add_row(
                 c.id, c.datetime[:10], cloud, _pct(c.coverage), c.processing_baseline or "-", str(c.boa_offset)
             )
-        stdout.print(table)
-        if json_out is not None:
-            write_json(json_out, result.to_geojson())
-            stderr.print(f"Candidates written to {json_out}")
+        _show_candidates(table, result.to_geojson, json_out)
     except CropSegError as exc:
         _fail(exc)
 

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -142,6 +143,17 @@ class FakeServer:
             self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def serve_until_interrupted(self, port: int, message: str) -> None:
+        """Command-line use: serve on ``port``, print ``message`` (``{url}`` filled in) until Ctrl-C."""
+        self.port = port
+        self.start()
+        print(message.replace("{url}", self.url))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            self.stop()
 
     @property
     def url(self) -> str:

@@ -373,7 +373,6 @@ def main(argv: list[str] | None = None) -> None:
     From a source checkout: ``python -m tests.fakes.planet_server --port 8765 --aoi demo-aoi.geojson``.
     """
     import argparse
-    import time
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -398,15 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     args.labels.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"CLASS1": "G"}, "geometry": mapping(f)} for f in wgs_fields
     ]}))
-    server = FakePlanet(args.key, scenes)
-    server.port = args.port
-    server.start()
-    print(f"fake Planet API at {server.url} (key {args.key!r}); wrote {args.aoi} and {args.labels}. Ctrl-C stops it.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    FakePlanet(args.key, scenes).serve_until_interrupted(
+        args.port,
+        "fake Planet API at {url}" + f" (key {args.key!r}); wrote {args.aoi} and {args.labels}. Ctrl-C stops it.",
+    )
 
 
 if __name__ == "__main__":

@@ -313,7 +313,6 @@ def main(argv: list[str] | None = None) -> None:
     From a source checkout: ``python -m tests.fakes.stac_server --port 8766 --aoi demo-s2-aoi.geojson``.
     """
     import argparse
-    import time
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=8766)
@@ -326,14 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     to_wgs84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
     aoi = shapely.transform(box(359430.0, 5349840.0, 361430.0, 5351840.0), _projector(to_wgs84))
     args.aoi.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(aoi)}))
-    server.port = args.port
-    server.start()
-    print(f"fake STAC API at {server.url} (items of 2021-06-17 and 2021-09-25); AOI written to {args.aoi}.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    server.serve_until_interrupted(
+        args.port, "fake STAC API at {url}" + f" (items of 2021-06-17 and 2021-09-25); AOI written to {args.aoi}."
+    )
 
 
 if __name__ == "__main__":
