@@ -28,6 +28,7 @@ from rasterio.windows import Window as RioWindow
 
 from cropseg.errors import InputFileNotFoundError, InvalidRasterError, OutputError
 from cropseg.grid import Grid, Window
+from cropseg.tiling import inner_slices, intersect
 
 #: Creation options of every GeoTIFF cropseg writes as a Cloud-Optimized GeoTIFF.
 COG_OPTIONS: dict[str, str] = {
@@ -127,9 +128,25 @@ def read(
     path = Path(path)
     with _open(path, "raster") as ds:
         indexes = list(bands) if bands is not None else list(range(1, ds.count + 1))
-        if boundless:
-            return np.asarray(ds.read(indexes, window=_to_rio_window(window), boundless=True, fill_value=0))
+        if boundless and window is not None:
+            return read_padded(ds, window, indexes)
         return np.asarray(ds.read(indexes, window=_to_rio_window(window)))
+
+
+def read_padded(ds: Any, window: Window, indexes: Sequence[int] | None = None) -> np.ndarray:
+    """Bands of ``window`` from an open dataset (bands, rows, cols); pixels past its edge read as 0.
+
+    Reads only the part inside the raster and pads it, instead of rasterio's boundless mode
+    (which builds a VRT for every read).
+    """
+    idx = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
+    part = intersect(window, (ds.height, ds.width))
+    if part == window:
+        return np.asarray(ds.read(idx, window=_to_rio_window(window)))
+    out = np.zeros((len(idx), window.height, window.width), dtype=ds.dtypes[idx[0] - 1])
+    if part is not None:
+        out[(slice(None), *inner_slices(window, part))] = ds.read(idx, window=_to_rio_window(part))
+    return out
 
 
 def read_valid(path: str | Path, window: Window | None = None, boundless: bool = False) -> np.ndarray:
@@ -138,16 +155,10 @@ def read_valid(path: str | Path, window: Window | None = None, boundless: bool =
     with _open(path, "raster") as ds:
         if boundless and window is not None:
             # dataset_mask has no boundless mode: read the valid part and pad with False.
-            full = Window(0, 0, ds.width, ds.height)
             out = np.zeros((window.height, window.width), dtype=bool)
-            c0, r0 = max(window.col_off, 0), max(window.row_off, 0)
-            c1 = min(window.col_off + window.width, full.width)
-            r1 = min(window.row_off + window.height, full.height)
-            if c1 > c0 and r1 > r0:
-                inner = RioWindow(c0, r0, c1 - c0, r1 - r0)
-                out[r0 - window.row_off : r1 - window.row_off, c0 - window.col_off : c1 - window.col_off] = (
-                    ds.dataset_mask(window=inner) > 0
-                )
+            part = intersect(window, (ds.height, ds.width))
+            if part is not None:
+                out[inner_slices(window, part)] = ds.dataset_mask(window=_to_rio_window(part)) > 0
             return out
         return np.asarray(ds.dataset_mask(window=_to_rio_window(window)) > 0)
 

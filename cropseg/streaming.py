@@ -21,7 +21,7 @@ files.
 
 This module is an I/O edge beside :mod:`cropseg.raster_io`: it keeps rasterio datasets open per
 worker thread (opening a file per window would discard GDAL's block cache) and reads windows that
-reach past the raster without rasterio's boundless mode (which builds a VRT per read).
+reach past the raster with :func:`cropseg.raster_io.read_padded`.
 """
 
 from __future__ import annotations
@@ -56,14 +56,13 @@ from cropseg.grid import Grid, Window
 from cropseg.label import NODATA
 from cropseg.progress import ProgressCallback, report
 from cropseg.radiometry import to_reflectance, udm2_usable
-from cropseg.raster_io import COG_OPTIONS
+from cropseg.raster_io import COG_OPTIONS, read_padded
 from cropseg.scene import Scene
 from cropseg.tiling import (
     OUT_BLOCK,
     Tile,
     blocks_of,
     inner_slices,
-    intersect,
     overlap,
     plan_tiles,
     round_up,
@@ -207,18 +206,6 @@ def _rio(window: Window) -> RioWindow:
     return RioWindow(window.col_off, window.row_off, window.width, window.height)
 
 
-def read_window(ds: Any, window: Window) -> np.ndarray:
-    """All bands of ``window`` (bands, rows, cols); pixels past the raster's edge read as 0."""
-    shape = (ds.height, ds.width)
-    part = intersect(window, shape)
-    if part == window:
-        return np.asarray(ds.read(window=_rio(window)))
-    out = np.zeros((ds.count, window.height, window.width), dtype=ds.dtypes[0])
-    if part is not None:
-        out[(slice(None), *inner_slices(window, part))] = ds.read(window=_rio(part))
-    return out
-
-
 def predict_tile(ctx: _Context, job: int, tile: Tile) -> TileOutput:
     """Predict one tile of scene ``job``: (uint8 core array, data pixels, valid pixels, crop pixels)."""
     scene = ctx.scenes[job]
@@ -230,7 +217,7 @@ def predict_tile(ctx: _Context, job: int, tile: Tile) -> TileOutput:
         valid &= udm2_usable(np.asarray(_dataset(scene.udm2).read(window=_rio(core))), scene.mask_haze)
     if not valid.any():
         return np.full((core.height, core.width), NODATA, np.uint8), int(data.sum()), 0, 0
-    refl = to_reflectance(read_window(image, tile.read), scene.product, scene.coefficients)
+    refl = to_reflectance(read_padded(image, tile.read), scene.product, scene.coefficients)
     with sklearn.config_context(working_memory=SKLEARN_WORKING_MB):
         pred = np.asarray(ctx.window_fn(ctx.trained, refl, valid, ctx.halo), dtype=np.uint8)
     return pred, int(data.sum()), int(valid.sum()), int((pred == 1).sum())
@@ -701,6 +688,5 @@ __all__ = [
     "predict_jobs",
     "predict_tile",
     "publish_cog",
-    "read_window",
     "write_block",
 ]

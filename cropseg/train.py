@@ -68,19 +68,6 @@ def block_groups(indices: np.ndarray, width: int, block: int) -> np.ndarray:
     return np.asarray((rows // block) * blocks_per_row + cols // block)
 
 
-def read_padded(scene: Scene, window: Window) -> np.ndarray:
-    """Reflectance (bands, rows, cols) of a window that may reach past the image; outside reads as 0 (nodata)."""
-    grid = scene.grid
-    c0, r0 = max(window.col_off, 0), max(window.row_off, 0)
-    c1 = min(window.col_off + window.width, grid.width)
-    r1 = min(window.row_off + window.height, grid.height)
-    out = np.zeros((scene.band_count, window.height, window.width), np.float32)
-    if c1 > c0 and r1 > r0:
-        part = scene.read_reflectance(Window(c0, r0, c1 - c0, r1 - r0))
-        out[:, r0 - window.row_off : r1 - window.row_off, c0 - window.col_off : c1 - window.col_off] = part
-    return out
-
-
 def extract_samples(
     scene: Scene,
     spec: FeatureSpec,
@@ -103,7 +90,7 @@ def extract_samples(
         if sel.size == 0:
             continue
         read_win = Window(win.col_off - halo, win.row_off - halo, win.width + 2 * halo, win.height + 2 * halo)
-        feats = compute_features(read_padded(scene, read_win), spec)
+        feats = compute_features(scene.read_reflectance(read_win, boundless=True), spec)
         r = rows[sel] - win.row_off + halo
         c = cols[sel] - win.col_off + halo
         out[sel] = feats[:, r, c].T
