@@ -72,6 +72,8 @@ class CompiledLGBM:
     kind: ClassVar[str] = "lgbm"
     input: ClassVar[Literal["pixels", "image"]] = "pixels"
     weights_file: ClassVar[str] = "model.lgb.txt"
+    #: The compiled trees read float64 rows (``predict_proba`` copies other input).
+    sample_dtype: ClassVar[type] = np.float64
 
     def __init__(self, model_text: str, params: dict[str, Any], threads: int = 1) -> None:
         self.text = _raw_model_text(model_text)

@@ -18,7 +18,7 @@ equal whole-image results (up to the last bit of float32 rounding of the window 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,8 +202,7 @@ def feature_preset(name: str, bands: tuple[str, ...] = PLANETSCOPE_BANDS) -> Fea
 
 def data_mask(reflectance: np.ndarray) -> np.ndarray:
     """Boolean (rows, cols): pixels holding data (all bands finite, not all zero)."""
-    finite = np.isfinite(reflectance).all(axis=0)
-    return np.asarray(finite & (np.abs(np.nan_to_num(reflectance)).sum(axis=0) > 0))
+    return np.asarray(np.isfinite(reflectance).all(axis=0) & (reflectance != 0).any(axis=0))
 
 
 def _inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
@@ -212,18 +211,28 @@ def _inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(np.divide(1.0, count, out=np.zeros_like(count), where=count > 1e-6))
 
 
-def _stats(xw: np.ndarray, inv: np.ndarray, size: int, stats: tuple[str, ...]) -> dict[str, np.ndarray]:
-    mean = ndimage.uniform_filter(xw, size, mode="constant", cval=0.0) * inv
-    out: dict[str, np.ndarray] = {}
-    if "mean" in stats:
-        out["mean"] = mean
-    if "std" in stats:
-        sq = ndimage.uniform_filter(xw * xw, size, mode="constant", cval=0.0) * inv
-        var = sq - mean * mean
+def _box(x: np.ndarray, size: int, inner: tuple[slice, slice], inv: np.ndarray | None) -> np.ndarray:
+    """Window mean of ``x`` (already zero where invalid) on ``inner``; ``inv`` None: every window is full."""
+    mean: np.ndarray = ndimage.uniform_filter(x, size, mode="constant", cval=0.0)[inner]
+    if inv is not None:
+        mean *= inv
+    return mean
+
+
+def _stats_into(
+    out: dict[str, np.ndarray], xw: np.ndarray, xw2: np.ndarray, inv: np.ndarray | None, size: int,
+    inner: tuple[slice, slice],
+) -> None:
+    """Write the window mean and/or standard deviation of ``xw`` into the arrays of ``out`` (by statistic)."""
+    mean = _box(xw, size, inner, inv)
+    if "mean" in out:
+        out["mean"][...] = mean
+    if "std" in out:
+        sq = _box(xw2, size, inner, inv)
+        var = np.subtract(sq, np.square(mean, out=mean), out=out["std"])
         # float32 cancellation leaves rounding noise (~1e-7 sq) where a window is uniform: make that exactly 0
-        var[var <= 1e-5 * sq] = 0.0
-        out["std"] = np.sqrt(var)
-    return out
+        np.putmask(var, var <= np.multiply(sq, 1e-5, out=sq), 0.0)
+        np.sqrt(var, out=var)
 
 
 def local_stats(
@@ -243,10 +252,15 @@ def local_stats(
         below 0.3 % of the window's root mean square is returned as 0 (float32 rounding).
     """
     xw = np.where(valid, x, 0).astype(np.float32)
-    return _stats(xw, _inverse_count(valid, size), size, stats)
+    out = {s: np.empty(x.shape, np.float32) for s in stats}
+    everything = (slice(None), slice(None))
+    _stats_into(out, xw, xw * xw, _inverse_count(valid, size), size, everything)
+    return out
 
 
-def compute_features(reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarray | None = None) -> np.ndarray:
+def compute_features(
+    reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarray | None = None, *, crop: int = 0
+) -> np.ndarray:
     """Features float32 (n_features, rows, cols) from reflectance float32 (bands, rows, cols).
 
     Args:
@@ -254,41 +268,91 @@ def compute_features(reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarr
         spec: which features.
         valid: boolean (rows, cols) of pixels that may enter neighbourhood statistics; by default
             the pixels that hold data (:func:`data_mask`).
+        crop: return only the features of the pixels at least this far from the edges, i.e.
+            (n_features, rows - 2 crop, cols - 2 crop): a tile read with a halo of ``crop`` gets the
+            features of the tile proper, computed once (the same values as cropping afterwards).
     """
     if reflectance.shape[0] != len(spec.bands):
         raise ValueError(f"expected {len(spec.bands)} bands ({', '.join(spec.bands)}), got {reflectance.shape[0]}")
+    _, height, width = reflectance.shape
+    if crop < 0 or 2 * crop >= min(height, width):
+        raise ValueError(f"cannot crop {crop} px off each side of a {height} x {width} window")
     refl = reflectance.astype(np.float32, copy=False)
+    inner = (slice(crop, height - crop), slice(crop, width - crop))
+    out = np.empty((len(spec.names), height - 2 * crop, width - 2 * crop), np.float32)
     bands = {name: refl[i] for i, name in enumerate(spec.bands)}
     base: dict[str, np.ndarray] = dict(bands)
-    parts: list[np.ndarray] = [refl] if spec.reflectance else []
+    i = 0
+    if spec.reflectance:
+        out[: len(spec.bands)] = refl[(slice(None), *inner)]
+        i = len(spec.bands)
     with np.errstate(divide="ignore", invalid="ignore"):
         for name in spec.indices:
-            value = np.nan_to_num(INDICES[name].compute(bands).astype(np.float32, copy=False))
+            value = np.nan_to_num(INDICES[name].compute(bands).astype(np.float32, copy=False), copy=False)
             base[name] = value
-            parts.append(value[None])
+            out[i] = value[inner]
+            i += 1
     if spec.context:
         mask = data_mask(refl) if valid is None else valid & data_mask(refl)
-        inverse = {scale: _inverse_count(mask, scale) for scale in spec.scales}
+        full = bool(mask.all())
+        # windows that lie wholly inside a fully valid array need no normalisation (the count is exactly 1)
+        inverse = {
+            scale: None if full and crop >= scale // 2 else _inverse_count(mask, scale)[inner]
+            for scale in spec.scales
+        }
         for name in spec.context:
-            xw = np.where(mask, base[name], 0).astype(np.float32)
+            xw = base[name] if full else np.where(mask, base[name], 0).astype(np.float32)
+            xw2 = xw * xw if "std" in spec.stats else xw
             for scale in spec.scales:
-                stats = _stats(xw, inverse[scale], scale, spec.stats)
-                parts.extend(stats[s][None] for s in spec.stats)
-    if not parts:
-        return np.empty((0, *reflectance.shape[1:]), np.float32)
-    return np.concatenate(parts, axis=0)
+                targets = {stat: out[i + k] for k, stat in enumerate(spec.stats)}
+                _stats_into(targets, xw, xw2, inverse[scale], scale, inner)
+                i += len(spec.stats)
+    return out
 
 
-def to_samples(features: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """(n_features, rows, cols) -> (n_pixels, n_features), keeping pixels where ``mask`` is True.
+#: Pixels per block when turning feature planes into rows: a block of rows stays in the CPU cache.
+ROW_BLOCK = 8192
 
-    Without a mask, or when it keeps every pixel, the result is a transposed view (no gather), which
-    saves a pass over the features of the (common) windows that are wholly valid.
+
+def _plane_blocks(features: np.ndarray, mask: np.ndarray | None, block: int) -> Iterator[np.ndarray]:
+    """(n_features, k) column blocks of the flattened planes, only the pixels where ``mask`` is True."""
+    flat = features.reshape(features.shape[0], -1)
+    keep = None if mask is None or mask.all() else mask.ravel()
+    for start in range(0, flat.shape[1], block):
+        part = flat[:, start : start + block]
+        yield part if keep is None else part[:, keep[start : start + block]]
+
+
+def to_samples(features: np.ndarray, mask: np.ndarray | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """(n_features, rows, cols) -> C-contiguous (n_pixels, n_features) of ``dtype``, pixels where ``mask`` is True.
+
+    Models read one pixel's features as one row; the planes are turned into rows block by block
+    (a whole-array transpose would walk memory with a stride of a full plane).
     """
-    flat = features.reshape(features.shape[0], -1).T
-    if mask is None or mask.all():
-        return flat
-    return np.asarray(flat[mask.ravel()])
+    n = features[0].size if mask is None else int(np.count_nonzero(mask))
+    out = np.empty((n, features.shape[0]), dtype)
+    done = 0
+    for part in _plane_blocks(features, mask, ROW_BLOCK):
+        out[done : done + part.shape[1]] = part.T
+        done += part.shape[1]
+    return out
+
+
+def sample_blocks(
+    features: np.ndarray, mask: np.ndarray | None = None, dtype: Any = np.float32, block: int = ROW_BLOCK
+) -> Iterator[np.ndarray]:
+    """The rows of :func:`to_samples`, ``block`` pixels at a time, in one reused buffer.
+
+    Each yielded array is overwritten by the next. Converting a block and classifying it at once
+    keeps it in the CPU cache, and no tile-sized row array is allocated (for a 512 px tile of 32
+    features in float64 that would be 64 MiB of fresh pages per tile).
+    """
+    buf = np.empty((block, features.shape[0]), dtype)
+    for part in _plane_blocks(features, mask, block):
+        if part.shape[1]:
+            rows = buf[: part.shape[1]]
+            rows[...] = part.T
+            yield rows
 
 
 def band_names_for(count: int) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from cropseg.config import Config
 from cropseg.errors import InvalidRasterError
-from cropseg.features import compute_features, data_mask, to_samples
+from cropseg.features import compute_features, data_mask, sample_blocks
 from cropseg.label import NODATA
 from cropseg.manifest import record_stage
 from cropseg.models import TrainedModel, UNetModel, load_model
@@ -44,20 +44,28 @@ def predict_proba_window(
     out = np.full((rows, cols), np.nan, dtype=np.float32)
     if not valid.any():
         return out
-    feats = compute_features(reflectance, trained.features)
     if trained.is_image_model:
         model = trained.model
         assert isinstance(model, UNetModel)
         # keep the largest stride-aligned context the window offers around the core
         net_halo = (halo - trained.features.halo) // trained.stride * trained.stride
         cut = halo - net_halo
+        feats = compute_features(reflectance, trained.features)
         feats = feats[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo]
         context = data_mask(reflectance[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo])
         proba = model.predict_proba_image(feats, context)[net_halo : net_halo + rows, net_halo : net_halo + cols]
         out[valid] = proba[valid]
     else:
-        feats = feats[:, halo : halo + rows, halo : halo + cols]
-        out[valid] = trained.predict_proba(to_samples(feats, valid))
+        # the features of the window proper only (computed from the halo around it), as model-ready rows
+        core = reflectance[:, halo - trained.halo :, halo - trained.halo :] if halo > trained.halo else reflectance
+        core = core[:, : rows + 2 * trained.halo, : cols + 2 * trained.halo]
+        feats = compute_features(core, trained.features, crop=trained.halo)
+        proba = np.empty(int(np.count_nonzero(valid)), np.float32)
+        done = 0
+        for rows_ in sample_blocks(feats, valid, trained.sample_dtype):
+            proba[done : done + len(rows_)] = trained.predict_proba(rows_)
+            done += len(rows_)
+        out[valid] = proba
     return out
 
 

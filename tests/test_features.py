@@ -13,6 +13,7 @@ from cropseg.features import (
     data_mask,
     feature_preset,
     local_stats,
+    to_samples,
 )
 
 
@@ -87,6 +88,38 @@ def test_tiled_features_equal_whole(tile, seed):
             r1, c1 = min(r + tile, rows), min(c + tile, cols)
             part = compute_features(padded[:, r : r1 + 2 * h, c : c1 + 2 * h], spec)[:, h : h + r1 - r, h : h + c1 - c]
             np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("nodata", [False, True])
+def test_cropped_features_equal_cropping_afterwards(nodata):
+    # crop = halo: what tiled prediction asks for; all-valid windows take the unnormalised path
+    spec = FEATURE_PRESETS["context"]
+    refl = _refl(50, 46, 3)
+    if not nodata:
+        refl[:, :3, :5] = 0.2
+    h = spec.halo
+    whole = compute_features(refl, spec)
+    cropped = compute_features(refl, spec, crop=h)
+    assert cropped.shape == (len(spec.names), 50 - 2 * h, 46 - 2 * h)
+    assert np.array_equal(cropped, whole[:, h:-h, h:-h])
+    valid = np.ones(refl.shape[1:], bool)
+    valid[10, 10] = False  # a masked pixel makes the window take the normalised path
+    assert not np.array_equal(compute_features(refl, spec, valid, crop=h), cropped)
+    with pytest.raises(ValueError, match="cannot crop"):
+        compute_features(refl, spec, crop=23)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_samples_rows_with_and_without_mask(dtype):
+    rng = np.random.default_rng(4)
+    feats = rng.random((5, 70, 90)).astype(np.float32)  # 6300 pixels: several row blocks
+    rows = to_samples(feats, dtype=dtype)
+    assert rows.dtype == dtype and rows.flags.c_contiguous and rows.shape == (6300, 5)
+    assert np.array_equal(rows, feats.reshape(5, -1).T.astype(dtype))
+    mask = rng.random((70, 90)) > 0.4
+    kept = to_samples(feats, mask, dtype)
+    assert np.array_equal(kept, feats[:, mask].T.astype(dtype))
+    assert to_samples(feats, np.zeros((70, 90), bool)).shape == (0, 5)
 
 
 def test_names_match_output_and_round_trip():

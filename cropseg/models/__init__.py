@@ -77,6 +77,11 @@ class TrainedModel:
         """Window offsets must be multiples of this (1 for per-pixel models)."""
         return self.model.stride if isinstance(self.model, UNetModel) else 1
 
+    @property
+    def sample_dtype(self) -> Any:
+        """The dtype of feature rows the model reads without a copy (float64 for compiled trees)."""
+        return getattr(self.model, "sample_dtype", np.float32)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Crop probability for (n_samples, n_features) rows (per-pixel models only)."""
         if isinstance(self.model, UNetModel):
