@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._data import DWR, dwr_scenes  # noqa: E402
 from cropseg.config import Config, TrainConfig  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
-from cropseg.predict import predict_scene  # noqa: E402
+from cropseg.predict import predict_scene, with_refinement  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
 from cropseg.scene import open_scene  # noqa: E402
 from cropseg.train import train_from_files  # noqa: E402
@@ -71,6 +71,7 @@ class Result:
     predict_s: float
     mpx: float
     cv: dict[str, Any]
+    refined: bool = False
 
 
 def _summary(m: dict[str, Any]) -> dict[str, float]:
@@ -95,7 +96,8 @@ def config_for(quick: bool) -> Config:
 def run_one(
     data: str, row: tuple[str, str, str], train_dir: Path, labels: Path, aoi: Path | None, eval_dir: Path,
     truths: dict[str, np.ndarray], work: Path, cfg: Config, eval_mask: np.ndarray | None = None,
-) -> Result:
+) -> list[Result]:
+    """Train one row's model, then predict the evaluation scene without and with the refinement."""
     label, kind, reweight = row
     model_dir = work / f"{data}_{kind}_{reweight}"
     t0 = time.perf_counter()
@@ -103,26 +105,33 @@ def run_one(
                            label_field="CLASS1" if labels.suffix != ".tif" else None)
     fit_s = time.perf_counter() - t0
     scene = open_scene(eval_dir)
-    pred_path = work / f"{data}_{kind}_{reweight}_pred.tif"
-    t0 = time.perf_counter()
-    predict_scene(res.trained, scene, pred_path, cfg.predict.tile_size)
-    predict_s = time.perf_counter() - t0
-    pred = read(pred_path)[0]
-    if eval_mask is not None:
-        pred = np.where(eval_mask, pred, 255).astype(np.uint8)
-    metrics = _summary(pixel_metrics(pred, truths["actual"]))
-    label_metrics = _summary(pixel_metrics(pred, truths["labels"])) if "labels" in truths else None
-    cover_errors = None
-    if "cover" in truths:
-        cover_errors = errors_by_cover(pred, truths["actual"], truths["cover"], truths["cover_names"])
     cv = res.report["cv"]
-    mpx = scene.grid.width * scene.grid.height / 1e6
-    print(f"  {data:<22} {label:<16} wF1 {metrics['f1_weighted']:.4f} non-crop F1 {metrics['f1_noncrop']:.4f} "
-          f"fit {fit_s:6.1f} s predict {mpx / predict_s:6.3f} Mpx/s", flush=True)
-    return Result(data, label, kind, reweight, metrics, label_metrics, cover_errors, fit_s, predict_s, mpx, {
+    cv_summary = {
         "threshold": cv["threshold"], "blocked": cv["blocked_cv_f1_weighted"], "random": cv["random_cv_f1_weighted"],
         "blocked_noncrop": cv["blocked"]["f1_noncrop"], "chosen": cv["chosen"],
-    })
+    }
+    out = []
+    for refine in (False, True):
+        trained = with_refinement(res.trained, replace(cfg.predict, refine="on" if refine else "off"))
+        pred_path = work / f"{data}_{kind}_{reweight}{'_refined' if refine else ''}_pred.tif"
+        t0 = time.perf_counter()
+        predict_scene(trained, scene, pred_path, cfg.predict.tile_size, resume=False)
+        predict_s = time.perf_counter() - t0
+        pred = read(pred_path)[0]
+        if eval_mask is not None:
+            pred = np.where(eval_mask, pred, 255).astype(np.uint8)
+        metrics = _summary(pixel_metrics(pred, truths["actual"]))
+        label_metrics = _summary(pixel_metrics(pred, truths["labels"])) if "labels" in truths else None
+        cover_errors = None
+        if "cover" in truths:
+            cover_errors = errors_by_cover(pred, truths["actual"], truths["cover"], truths["cover_names"])
+        mpx = scene.grid.width * scene.grid.height / 1e6
+        name = f"{label} + refine" if refine else label
+        print(f"  {data:<22} {name:<24} wF1 {metrics['f1_weighted']:.4f} non-crop F1 {metrics['f1_noncrop']:.4f} "
+              f"fit {fit_s:6.1f} s predict {mpx / predict_s:6.3f} Mpx/s", flush=True)
+        out.append(Result(data, name, kind, reweight, metrics, label_metrics, cover_errors, fit_s, predict_s, mpx,
+                          cv_summary, refine))
+    return out
 
 
 #: The covers where crop and non-crop look alike in one late-summer image (see cropseg.synth).
@@ -238,7 +247,7 @@ def target_lines(results: list[Result], default: str) -> list[str]:
     """The issue's target on data (a): the default model against the KNN reference, per direction."""
     out = []
     for data in sorted({r.data for r in results if r.data.startswith("DWR")}):
-        ref = next(r for r in results if r.data == data and r.kind == "knn")
+        ref = next(r for r in results if r.data == data and r.kind == "knn" and not r.refined)
         for r in results:
             if r.data != data or (r.kind, r.reweight) != (default, "none"):
                 continue
@@ -287,11 +296,11 @@ def main() -> None:
     results: list[Result] = []
     for name, train_dir, labels, aoi, eval_dir, truths in dwr_data(work):
         for row in rows:
-            results.append(run_one(name, row, train_dir, labels, aoi, eval_dir, truths, work, cfg))
+            results.extend(run_one(name, row, train_dir, labels, aoi, eval_dir, truths, work, cfg))
     if not args.skip_s2 and (s2 := s2_data(work)) is not None:
         folder, west, _, east, east_mask = s2
         for row in rows:
-            results.append(run_one("Sentinel-2 west->east", row, folder, west, None, folder, {"actual": east}, work,
+            results.extend(run_one("Sentinel-2 west->east", row, folder, west, None, folder, {"actual": east}, work,
                                    cfg, east_mask))
     minutes = (time.perf_counter() - start) / 60
     load1 = os.getloadavg()

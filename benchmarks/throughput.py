@@ -13,7 +13,8 @@ the whole process tree is summed, polled every 50 ms):
 - `io`: the I/O limit. A plain rasterio loop reads every 512 px block of the 4-band image and its
   UDM2 and writes a uint8 band per block to a tiled GeoTIFF, then publishes it as a COG: the
   reading and writing prediction cannot avoid.
-- `predict/MODEL`: `cropseg.predict.predict_from_files` (streaming engine, default threads).
+- `predict/MODEL`: the streaming engine (default threads) with the model as `cropseg predict` runs it
+  (refinement as configured by default: on for all but the KNN); `MODEL:on:raw` without the refinement.
 - `predict+polygons/MODEL` (PSScene size only): prediction, then `polygonize_file`.
 
 Ratios (I/O limit Mpx/s / prediction Mpx/s) are from the same run. Reproduce:
@@ -128,15 +129,17 @@ PREDICT_CODE = textwrap.dedent("""
     import sys, time
     from cropseg.predict import predict_from_files
     from cropseg.streaming import Execution
-    model, scene, out, mode, polygons, accelerate = sys.argv[1:7]
+    model, scene, out, mode, polygons, accelerate, refine = sys.argv[1:8]
     t0 = time.perf_counter()
     if __name__ == "__main__":
+        from cropseg.config import PredictConfig
         from cropseg.models import load_model
-        from cropseg.predict import predict_window
+        from cropseg.predict import predict_window, with_refinement
         from cropseg.scene import open_scene
         from cropseg.streaming import PredictJob, predict_jobs
         tags = {"CROPSEG_CODING": "1=crop 0=non-crop 255=nodata"}
-        predict_jobs(load_model(model), [PredictJob(open_scene(scene), out)], predict_window, resume=False,
+        trained = with_refinement(load_model(model), PredictConfig(refine=refine))
+        predict_jobs(trained, [PredictJob(open_scene(scene), out)], predict_window, resume=False,
                      execution=Execution(local_mode=mode), accelerate=accelerate, tags=tags)
         t1 = time.perf_counter()
         if polygons == "1":
@@ -171,8 +174,8 @@ def _measure(args: list[str]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-throughput"))
-    ap.add_argument("--models", default="knn,rf,lgbm:off,lgbm:on,unet",
-                    help="MODEL[:accelerate] for the Mpx/s vs I/O comparison (2k scene)")
+    ap.add_argument("--models", default="knn,rf,lgbm:off,lgbm:on,lgbm:on:raw,unet",
+                    help="MODEL[:accelerate[:raw]] for the Mpx/s vs I/O comparison (2k scene); raw: no refinement")
     ap.add_argument("--sizes", default="2048,8192,16384", help="square scene sides for memory and linearity")
     ap.add_argument("--size-model", default="lgbm:on", help="model for the size sweep")
     ap.add_argument("--psscene", default="9000x4800", help="COLSxROWS of the end-to-end scene ('' to skip)")
@@ -206,9 +209,9 @@ def main() -> None:
         return px / 1e6 / r["numbers"][0]
 
     def run_predict(scene: Path, px: int, spec: str, mode: str, polygons: bool = False) -> dict[str, Any]:
-        kind, _, acc = spec.partition(":")
+        kind, acc, refine = (spec.split(":") + ["", ""])[:3]
         r = _measure([PREDICT_CODE, str(models[kind]), str(scene), str(work / "pred.tif"), mode,
-                      "1" if polygons else "0", acc or "auto"])
+                      "1" if polygons else "0", acc or "auto", "off" if refine == "raw" else "auto"])
         pred_s, poly_s = r["numbers"]
         row = dict(what="predict+polygons" if polygons else "predict", model=spec, mode=mode, scene=scene.name,
                    mpx=px / 1e6, seconds=pred_s, mpx_s=px / 1e6 / pred_s, polygon_seconds=poly_s,

@@ -16,6 +16,8 @@ Example TOML::
     [train]
     model = "lgbm"
     k_values = [3, 5, 7, 9, 11, 15, 21, 31]
+    [predict]
+    refine = "auto"
     [polygonize]
     median_size = 5
 """
@@ -115,9 +117,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Tiled prediction."""
+    """Tiled prediction.
+
+    ``refine`` smooths the crop probabilities within the fields the image shows, with a guided
+    filter of radius ``refine_radius`` px and regulariser ``refine_eps`` (see :mod:`cropseg.refine`):
+    ``on``, ``off``, or ``auto`` (on for every model but the KNN, which stays the reference's method).
+    The radius and eps were chosen on procedural scenes (benchmarks/refinement.py), not on the
+    benchmark data.
+    """
 
     tile_size: int = 512
+    refine: str = "auto"
+    refine_radius: int = 8
+    refine_eps: float = 3e-5
+
+    def __post_init__(self) -> None:
+        if self.refine not in ("auto", "on", "off"):
+            raise ConfigError(f"predict.refine must be auto, on or off, got {self.refine!r}")
+        if self.tile_size < 1:
+            raise ConfigError(f"predict.tile_size must be positive, got {self.tile_size}")
 
 
 @dataclass(frozen=True)

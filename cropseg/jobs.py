@@ -704,7 +704,7 @@ class JobService:
     def _execute(self, job: Job, cancel: threading.Event) -> tuple[str, ...]:
         from cropseg.evaluate import evaluate_files
         from cropseg.polygonize import polygonize_file
-        from cropseg.predict import predict_scene
+        from cropseg.predict import predict_scene, with_refinement
         from cropseg.raster_io import atomic_path
         from cropseg.scene import open_scene
 
@@ -728,7 +728,7 @@ class JobService:
 
         progress: ProgressCallback = predicting
         stage("Loading the model", 0.0)
-        trained = self.registry.load(req.model)
+        trained = with_refinement(self.registry.load(req.model), self.config.predict)
         scene = open_scene(
             req.image, req.metadata, req.udm2, product=req.product,  # type: ignore[arg-type]
             mask_haze=self.config.radiometry.mask_haze, discover=False,

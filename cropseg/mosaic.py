@@ -38,7 +38,7 @@ from cropseg.grid import Grid, Window
 from cropseg.label import NODATA
 from cropseg.manifest import read_manifest
 from cropseg.models import TrainedModel, load_model
-from cropseg.predict import predict_window
+from cropseg.predict import predict_window, with_refinement
 from cropseg.progress import ProgressCallback, report
 from cropseg.scene import ProductChoice, find_scene_files, open_scene
 from cropseg.streaming import (
@@ -325,7 +325,7 @@ def predict_many(
     if len(paths) > 1 and (metadata is not None or udm2 is not None):
         raise InputError("--metadata and --udm2 name the files of one scene; with several scenes they are found "
                          "beside each image")
-    trained = model if isinstance(model, TrainedModel) else load_model(model)
+    trained = with_refinement(model if isinstance(model, TrainedModel) else load_model(model), cfg.predict)
     scenes = [
         open_scene(p, metadata, udm2, product=product, mask_haze=cfg.radiometry.mask_haze) for p in paths
     ]

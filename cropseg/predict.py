@@ -7,17 +7,19 @@ need), converted to reflectance, turned into features, classified and written.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cropseg.config import Config
-from cropseg.errors import InvalidRasterError
+from cropseg.config import Config, PredictConfig
+from cropseg.errors import ConfigError, InvalidRasterError
 from cropseg.features import compute_features, data_mask, sample_blocks
 from cropseg.label import NODATA
 from cropseg.manifest import record_stage
 from cropseg.models import TrainedModel, UNetModel, load_model
 from cropseg.progress import ProgressCallback
+from cropseg.refine import Refinement, guided_filter
 from cropseg.scene import ProductChoice, Scene, open_scene
 from cropseg.streaming import Execution, PredictJob, predict_jobs
 
@@ -28,7 +30,7 @@ def predict_proba_window(
     """Crop probability of one window (NaN where ``valid`` is False).
 
     Args:
-        trained: the model.
+        trained: the model (with its refinement, if any: see :func:`with_refinement`).
         reflectance: float32 (bands, rows + 2*halo, cols + 2*halo).
         valid: boolean (rows, cols) for the window proper (without halo).
         halo: context pixels around the window in ``reflectance``; at least ``trained.halo``.
@@ -44,29 +46,76 @@ def predict_proba_window(
     out = np.full((rows, cols), np.nan, dtype=np.float32)
     if not valid.any():
         return out
-    if trained.is_image_model:
-        model = trained.model
-        assert isinstance(model, UNetModel)
-        # keep the largest stride-aligned context the window offers around the core
-        net_halo = (halo - trained.features.halo) // trained.stride * trained.stride
-        cut = halo - net_halo
-        feats = compute_features(reflectance, trained.features)
-        feats = feats[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo]
-        context = data_mask(reflectance[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo])
-        proba = model.predict_proba_image(feats, context)[net_halo : net_halo + rows, net_halo : net_halo + cols]
-        out[valid] = proba[valid]
+    if trained.refine is not None:
+        proba = _refined_proba(trained, trained.refine, reflectance, rows, cols, halo)
+    elif trained.is_image_model:
+        proba = _image_proba(trained, reflectance, rows, cols, halo)
     else:
-        # the features of the window proper only (computed from the halo around it), as model-ready rows
-        core = reflectance[:, halo - trained.halo :, halo - trained.halo :] if halo > trained.halo else reflectance
-        core = core[:, : rows + 2 * trained.halo, : cols + 2 * trained.halo]
-        feats = compute_features(core, trained.features, crop=trained.halo)
-        proba = np.empty(int(np.count_nonzero(valid)), np.float32)
-        done = 0
-        for rows_ in sample_blocks(feats, valid, trained.sample_dtype):
-            proba[done : done + len(rows_)] = trained.predict_proba(rows_)
-            done += len(rows_)
-        out[valid] = proba
+        proba = _pixel_proba(trained, reflectance, valid, halo)
+    out[valid] = proba[valid]
     return out
+
+
+def _pixel_proba(trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int) -> np.ndarray:
+    """A per-pixel model's probabilities of the valid pixels, NaN elsewhere."""
+    rows, cols = valid.shape
+    # the features of the window proper only (computed from the halo around it), as model-ready rows
+    lo = halo - trained.halo
+    core = reflectance[:, lo : lo + rows + 2 * trained.halo, lo : lo + cols + 2 * trained.halo]
+    feats = compute_features(core, trained.features, crop=trained.halo)
+    proba = np.full((rows, cols), np.nan, np.float32)
+    kept = np.empty(int(np.count_nonzero(valid)), np.float32)
+    done = 0
+    for block in sample_blocks(feats, valid, trained.sample_dtype):
+        kept[done : done + len(block)] = trained.predict_proba(block)
+        done += len(block)
+    proba[valid] = kept
+    return proba
+
+
+def _image_proba(trained: TrainedModel, reflectance: np.ndarray, rows: int, cols: int, halo: int) -> np.ndarray:
+    """A U-Net's probabilities of the window."""
+    model = trained.model
+    assert isinstance(model, UNetModel)
+    # keep the largest stride-aligned context the window offers around the core
+    net_halo = (halo - trained.features.halo) // trained.stride * trained.stride
+    cut = halo - net_halo
+    window = reflectance[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo]
+    feats = compute_features(reflectance, trained.features)[:, cut : cut + rows + 2 * net_halo,
+                                                             cut : cut + cols + 2 * net_halo]
+    proba = model.predict_proba_image(feats, data_mask(window))
+    return np.asarray(proba[net_halo : net_halo + rows, net_halo : net_halo + cols])
+
+
+def _refined_proba(
+    trained: TrainedModel, refinement: Refinement, reflectance: np.ndarray, rows: int, cols: int, halo: int
+) -> np.ndarray:
+    """The model's probabilities of the window and a margin around it, refined by the guided filter.
+
+    The filter weighs every pixel holding data (not the UDM2: a margin pixel's usability is not
+    known here), in the window and the margin alike, so that tiles equal the whole image.
+    """
+    margin = refinement.halo
+    lo = halo - margin
+    region = reflectance[:, lo : lo + rows + 2 * margin, lo : lo + cols + 2 * margin]
+    data = data_mask(region)
+    raw = replace(trained, refine=None)
+    proba = predict_proba_window(raw, reflectance, data, lo) if data.any() else np.zeros(data.shape, np.float32)
+    bands = trained.features.bands
+    guide = region[[bands.index("red"), bands.index("nir")]]
+    refined = guided_filter(guide, proba, data, refinement)
+    return refined[margin : margin + rows, margin : margin + cols]
+
+
+def with_refinement(trained: TrainedModel, config: PredictConfig) -> TrainedModel:
+    """``trained`` with the refinement ``config`` asks for (``auto``: every model but the reference KNN)."""
+    if config.refine == "off" or (config.refine == "auto" and trained.model.kind == "knn"):
+        return replace(trained, refine=None)
+    bands = trained.features.bands
+    if "red" not in bands or "nir" not in bands:
+        raise ConfigError(f"refinement needs red and NIR bands; the model's bands are {', '.join(bands)}. "
+                          "Turn it off with --no-refine")
+    return replace(trained, refine=Refinement(config.refine_radius, config.refine_eps))
 
 
 def predict_window(trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int = 0) -> np.ndarray:
@@ -137,7 +186,7 @@ def predict_from_files(
     journal; ``tile_size`` overrides the config's. Several scenes or a mosaic: :func:`cropseg.mosaic.predict_many`.
     """
     cfg = config or Config()
-    trained = load_model(model_dir)
+    trained = with_refinement(load_model(model_dir), cfg.predict)
     scene = open_scene(image, metadata, udm2, product=product, mask_haze=cfg.radiometry.mask_haze)
     path = predict_scene(
         trained, scene, out, tile_size or cfg.predict.tile_size, progress, execution=execution, resume=resume

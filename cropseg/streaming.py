@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -270,6 +271,7 @@ def job_fingerprint(
             "weights": (card.get("weights") or {}).get("sha256"),
             "threshold": float(getattr(trained, "threshold", 0.5)),
             "features": trained.features.to_dict() if hasattr(trained, "features") else None,
+            "refine": dataclasses.asdict(refine) if (refine := getattr(trained, "refine", None)) else None,
         },
         "window_fn": f"{window_fn.__module__}.{window_fn.__qualname__}",
         "image": _file_id(scene.image),

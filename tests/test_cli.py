@@ -49,6 +49,35 @@ def test_train_predict_evaluate_polygonize(workspace):
     assert m2["objects"]["n_truth"] == 2  # field 1 and the MultiPolygon field 2 are crop; urban is not
 
 
+def test_predict_refine_flags(workspace, tmp_path):
+    from cropseg.config import PredictConfig
+    from cropseg.models import load_model
+    from cropseg.predict import predict_scene, with_refinement
+    from cropseg.raster_io import read, read_info
+    from cropseg.scene import open_scene
+
+    tmp, _ = workspace
+    trained = load_model(tmp / "model")
+    # a noisy copy of the test scene, so that the model's pixels disagree within fields
+    noisy = tmp_path / "noisy"
+    files = write_test_scene(noisy)
+    dn, grid = read(files["image"]), read_info(files["image"]).grid
+    rng = np.random.default_rng(5)
+    dn = np.clip(dn * rng.normal(1.0, 0.3, dn.shape), 1, 65535).astype(np.uint16)
+    write_raster(files["image"], dn, grid, nodata=0)
+    scene = open_scene(noisy)
+    for flag, mode in (("--refine", "on"), ("--no-refine", "off")):
+        res = run("predict", "--model", tmp / "model", "--image", noisy, "--out", tmp_path / f"{mode}.tif", flag)
+        assert res.exit_code == 0, res.output
+        expected = predict_scene(with_refinement(trained, PredictConfig(refine=mode)), scene, tmp_path / f"e{mode}.tif")
+        assert np.array_equal(read(tmp_path / f"{mode}.tif")[0], read(expected)[0])
+    res = run("predict", "--model", tmp / "model", "--image", noisy, "--out", tmp_path / "auto.tif")
+    assert res.exit_code == 0, res.output
+    assert not np.array_equal(read(tmp_path / "on.tif")[0], read(tmp_path / "off.tif")[0])
+    expected_auto = "on" if trained.model.kind != "knn" else "off"
+    assert np.array_equal(read(tmp_path / "auto.tif")[0], read(tmp_path / f"{expected_auto}.tif")[0])
+
+
 def _assert_clean_failure(res, tmp, match, outputs=()):
     assert res.exit_code == 1, res.output
     assert "Error:" in res.output and match in res.output

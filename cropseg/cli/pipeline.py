@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -153,6 +154,11 @@ def predict(
     tile_size: Annotated[
         int | None, typer.Option("--tile-size", help="Tile side in px, rounded to the blocks (default: config).")
     ] = None,
+    refine: Annotated[
+        bool | None,
+        typer.Option("--refine/--no-refine", help="Smooth probabilities within the image's fields (guided filter; "
+                     "default: config, on for all but the KNN)."),
+    ] = None,
 ) -> None:
     """Predict crop / non-crop over whole scenes (uint8 COGs: 1 crop, 0 non-crop, 255 nodata)."""
     from cropseg.mosaic import expand_inputs, predict_many
@@ -170,17 +176,20 @@ def predict(
         local_mode="processes" if processes else "threads", dask_address=dask_address,
     )
     scenes = expand_inputs(image)
+    cfg = _config(config)
+    if refine is not None:
+        cfg = cfg.replace(predict=dataclasses.replace(cfg.predict, refine="on" if refine else "off"))
     with progress_bars() as progress:
         if len(scenes) == 1 and not mosaic:
             path = predict_from_files(
                 model, scenes[0], out, metadata=metadata, udm2=udm2, product=_product(product),
-                config=_config(config), progress=progress, execution=execution, resume=resume, tile_size=tile_size,
+                config=cfg, progress=progress, execution=execution, resume=resume, tile_size=tile_size,
             )
             outputs = [path]
         else:
             result = predict_many(
                 model, scenes, out, mosaic=mosaic, metadata=metadata, udm2=udm2, product=_product(product),
-                config=_config(config), execution=execution, resume=resume, tile_size=tile_size, progress=progress,
+                config=cfg, execution=execution, resume=resume, tile_size=tile_size, progress=progress,
             )
             outputs = result.outputs
     if mosaic:

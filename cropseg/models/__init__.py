@@ -31,6 +31,7 @@ from cropseg.models.forest import ForestModel
 from cropseg.models.lgbm import LGBMModel
 from cropseg.models.pixel import KNNModel
 from cropseg.raster_io import atomic_path
+from cropseg.refine import Refinement
 
 CARD_NAME = "model.json"
 CARD_FORMAT = "cropseg-model"
@@ -60,6 +61,8 @@ class TrainedModel:
     features: FeatureSpec
     threshold: float = 0.5
     card: dict[str, Any] = field(default_factory=dict)
+    #: edge-aware refinement of the probabilities at prediction time (None: the model's own)
+    refine: Refinement | None = None
 
     @property
     def is_image_model(self) -> bool:
@@ -68,9 +71,9 @@ class TrainedModel:
 
     @property
     def halo(self) -> int:
-        """Reflectance pixels of context needed around a window: the features' plus the network's."""
+        """Reflectance pixels of context needed around a window: the features', the network's, the refinement's."""
         extra = self.model.halo if isinstance(self.model, UNetModel) else 0
-        return self.features.halo + extra
+        return self.features.halo + extra + (self.refine.halo if self.refine else 0)
 
     @property
     def stride(self) -> int:

@@ -1,0 +1,79 @@
+"""Choosing the guided-filter refinement's radius and eps, on scenes the accuracy benchmark does not use.
+
+Two pairs of procedural `cropseg synth` scenes (4.5 km, seeds 11 -> 12 and 13 -> 14, label change
+0.1): LightGBM with the library defaults is trained on the first scene of a pair, its crop
+probabilities for the second are refined with each (radius, eps) of the grid, thresholded at the
+model's threshold and scored against the image-year truth. The DWR and Sentinel-2 data of
+benchmarks/accuracy.py stay held out: the chosen setting is then measured there.
+
+    python benchmarks/refinement.py [--workdir /tmp/cropseg-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cropseg.evaluate import pixel_metrics  # noqa: E402
+from cropseg.features import data_mask  # noqa: E402
+from cropseg.predict import predict_proba_window  # noqa: E402
+from cropseg.raster_io import read  # noqa: E402
+from cropseg.refine import Refinement, guided_filter  # noqa: E402
+from cropseg.scene import open_scene  # noqa: E402
+from cropseg.synth import run_synth  # noqa: E402
+from cropseg.train import train_from_files  # noqa: E402
+
+PAIRS = ((11, 12), (13, 14))
+RADII = (4, 8, 16, 24, 32)
+EPS = (1e-5, 3e-5, 1e-4, 3e-4)
+
+
+def scene(work: Path, seed: int) -> Path:
+    folder = work / f"procedural_4500_s{seed}"
+    if not (folder / "manifest.json").exists():
+        run_synth(None, None, folder, seed=seed, change_rate=0.1, size_m=(4500.0, 4500.0))
+    return folder
+
+
+def weighted_f1(pred: np.ndarray, data: np.ndarray, truth: np.ndarray) -> float:
+    coded = np.where(data, pred, 255).astype(np.uint8)
+    return float(pixel_metrics(coded, truth)["report"]["weighted avg"]["f1-score"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
+    args = ap.parse_args()
+    scores: dict[tuple[int, float], list[float]] = {}
+    base = []
+    for src, dst in PAIRS:
+        train_dir, eval_dir = scene(args.workdir, src), scene(args.workdir, dst)
+        res = train_from_files(train_dir, train_dir / "labels.tif", args.workdir / f"refine_model_s{src}", kind="lgbm")
+        trained = res.trained
+        refl = open_scene(eval_dir).read_reflectance()
+        h = trained.halo
+        padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
+        data = data_mask(refl)
+        proba = predict_proba_window(trained, padded, data, h)
+        truth = read(eval_dir / "actual.tif")[0]
+        base.append(weighted_f1(proba >= trained.threshold, data, truth))
+        for radius in RADII:
+            for eps in EPS:
+                refined = guided_filter(refl[[2, 3]], proba, data, Refinement(radius, eps))
+                scores.setdefault((radius, eps), []).append(weighted_f1(refined >= trained.threshold, data, truth))
+    print(f"no refinement: weighted F1 {' / '.join(f'{b:.4f}' for b in base)} (mean {np.mean(base):.4f})")
+    print("| radius | " + " | ".join(f"eps {e:g}" for e in EPS) + " |")
+    print("|---|" + "---|" * len(EPS))
+    for radius in RADII:
+        print(f"| {radius} | " + " | ".join(f"{np.mean(scores[(radius, e)]):.4f}" for e in EPS) + " |")
+    best = max(scores, key=lambda k: np.mean(scores[k]))
+    print(f"best: radius {best[0]}, eps {best[1]:g}: mean weighted F1 {np.mean(scores[best]):.4f}")
+
+
+if __name__ == "__main__":
+    main()
