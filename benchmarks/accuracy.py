@@ -326,7 +326,9 @@ def main() -> None:
         "change 0.1), scored against the image-year truth `actual.tif` (first columns) and the label-year "
         "truth `labels.tif`. Data (b): the real Sentinel-2 scene with OSM labels, west half trains, east half "
         "scores (labelled pixels only). Predict Mpx/s: the whole `predict_scene` (read, features, classify, "
-        "write the COG) over every pixel of the evaluation scene.",
+        "write the COG) over every pixel of the evaluation scene. Rows \"+ refine\": the same model, its "
+        "probabilities refined by the guided filter (`cropseg.refine`, radius 8, eps 3e-5), as `cropseg predict` "
+        "does by default for rf and lgbm; the others without it.",
         "",
         tab,
         "",

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from cropseg.errors import ModelError
+from cropseg.features import ROW_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class CompiledLGBM:
     weights_file: ClassVar[str] = "model.lgb.txt"
     #: The compiled trees read float64 rows (``predict_proba`` copies other input).
     sample_dtype: ClassVar[type] = np.float64
+    #: Rows per call: a block converted and classified at once stays in the CPU cache.
+    row_block: ClassVar[int] = ROW_BLOCK
 
     def __init__(self, model_text: str, params: dict[str, Any], threads: int = 1) -> None:
         self.text = _raw_model_text(model_text)

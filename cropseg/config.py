@@ -121,7 +121,8 @@ class PredictConfig:
 
     ``refine`` smooths the crop probabilities within the fields the image shows, with a guided
     filter of radius ``refine_radius`` px and regulariser ``refine_eps`` (see :mod:`cropseg.refine`):
-    ``on``, ``off``, or ``auto`` (on for every model but the KNN, which stays the reference's method).
+    ``on``, ``off``, or ``auto`` (on for the random forest and LightGBM, where it was measured to help;
+    off for the KNN, the reference's method, and the U-Net, where it did not).
     The radius and eps were chosen on procedural scenes (benchmarks/refinement.py), not on the
     benchmark data.
     """

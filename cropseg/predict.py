@@ -23,6 +23,11 @@ from cropseg.refine import Refinement, guided_filter
 from cropseg.scene import ProductChoice, Scene, open_scene
 from cropseg.streaming import Execution, PredictJob, predict_jobs
 
+#: Model kinds refined when the config says ``auto``: the per-pixel tree models, for which it was measured to help
+#: on every benchmark dataset (BENCHMARKS.md). Not the KNN (the reference's method, kept as it was; mixed
+#: results) nor the U-Net (it sees the field already; no gain measured).
+REFINED_KINDS: tuple[str, ...] = ("rf", "lgbm")
+
 
 def predict_proba_window(
     trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int = 0
@@ -66,7 +71,7 @@ def _pixel_proba(trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarr
     proba = np.full((rows, cols), np.nan, np.float32)
     kept = np.empty(int(np.count_nonzero(valid)), np.float32)
     done = 0
-    for block in sample_blocks(feats, valid, trained.sample_dtype):
+    for block in sample_blocks(feats, valid, trained.sample_dtype, trained.row_block or valid.size):
         kept[done : done + len(block)] = trained.predict_proba(block)
         done += len(block)
     proba[valid] = kept
@@ -108,8 +113,8 @@ def _refined_proba(
 
 
 def with_refinement(trained: TrainedModel, config: PredictConfig) -> TrainedModel:
-    """``trained`` with the refinement ``config`` asks for (``auto``: every model but the reference KNN)."""
-    if config.refine == "off" or (config.refine == "auto" and trained.model.kind == "knn"):
+    """``trained`` with the refinement ``config`` asks for (``auto``: the tree models, see :data:`REFINED_KINDS`)."""
+    if config.refine == "off" or (config.refine == "auto" and trained.model.kind not in REFINED_KINDS):
         return replace(trained, refine=None)
     bands = trained.features.bands
     if "red" not in bands or "nir" not in bands:

@@ -8,6 +8,7 @@ farmstead) and one crop feature is a MultiPolygon of two parts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -93,3 +94,25 @@ def write_test_scene(folder: str | Path, grid: Grid | None = None, seed: int = 0
     truth = folder / "truth.geojson"
     field_polygons(grid).to_file(truth, driver="GeoJSON")
     return {"image": image, "metadata": xml, "truth": truth}
+
+
+def predict_tiled(trained: Any, padded: np.ndarray, valid: np.ndarray, halo: int, tile: tuple[int, int]) -> np.ndarray:
+    """Crop probability of a whole image predicted tile by tile, as the streaming engine cuts it.
+
+    Args:
+        trained: a :class:`cropseg.models.TrainedModel`.
+        padded: reflectance (bands, rows + 2 halo, cols + 2 halo).
+        valid: boolean (rows, cols).
+        halo: pixels of padding on every side of ``padded``.
+        tile: (rows, cols) of a tile.
+    """
+    from cropseg.predict import predict_proba_window
+
+    out = np.full(valid.shape, np.nan, np.float32)
+    t_rows, t_cols = tile
+    for r in range(0, valid.shape[0], t_rows):
+        for c in range(0, valid.shape[1], t_cols):
+            core = valid[r : r + t_rows, c : c + t_cols]
+            window = padded[:, r : r + core.shape[0] + 2 * halo, c : c + core.shape[1] + 2 * halo]
+            out[r : r + core.shape[0], c : c + core.shape[1]] = predict_proba_window(trained, window, core, halo)
+    return out

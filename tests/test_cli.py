@@ -52,7 +52,7 @@ def test_train_predict_evaluate_polygonize(workspace):
 def test_predict_refine_flags(workspace, tmp_path):
     from cropseg.config import PredictConfig
     from cropseg.models import load_model
-    from cropseg.predict import predict_scene, with_refinement
+    from cropseg.predict import REFINED_KINDS, predict_scene, with_refinement
     from cropseg.raster_io import read, read_info
     from cropseg.scene import open_scene
 
@@ -74,7 +74,7 @@ def test_predict_refine_flags(workspace, tmp_path):
     res = run("predict", "--model", tmp / "model", "--image", noisy, "--out", tmp_path / "auto.tif")
     assert res.exit_code == 0, res.output
     assert not np.array_equal(read(tmp_path / "on.tif")[0], read(tmp_path / "off.tif")[0])
-    expected_auto = "on" if trained.model.kind != "knn" else "off"
+    expected_auto = "on" if trained.model.kind in REFINED_KINDS else "off"
     assert np.array_equal(read(tmp_path / "auto.tif")[0], read(tmp_path / f"{expected_auto}.tif")[0])
 
 

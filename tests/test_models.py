@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -21,6 +22,8 @@ from cropseg.models import (
 from cropseg.models.base import choose_threshold, rgd_weights, threshold_table
 from cropseg.models.lgbm import rgd_objective
 from cropseg.predict import predict_proba_window, predict_window
+from cropseg.refine import Refinement
+from cropseg.testing import predict_tiled
 from cropseg.train import cv_summary, fit_image_model, fit_model
 
 pytestmark = pytest.mark.filterwarnings(
@@ -203,15 +206,21 @@ def test_unet_tiled_matches_whole(unet):
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
     valid = np.ones(labels.shape, bool)
     whole = predict_proba_window(trained, padded, valid, h)
-    tiled = np.full_like(whole, np.nan)
-    for r in range(0, 64, 32):
-        for c in range(0, 80, 16):
-            tiled[r : r + 32, c : c + 16] = predict_proba_window(
-                trained, padded[:, r : r + 32 + 2 * h, c : c + 16 + 2 * h], valid[r : r + 32, c : c + 16], h
-            )
+    tiled = predict_tiled(trained, padded, valid, h, (32, 16))
     # the same numbers up to float rounding (convolutions of other sizes sum in another order)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(tiled >= trained.threshold, whole >= trained.threshold)
+
+
+def test_unet_refined_tiled_matches_whole(unet):
+    trained, _, _, refl, labels = unet
+    refined = dataclasses.replace(trained, refine=Refinement(radius=8))
+    h = refined.halo
+    assert h == trained.halo + 16
+    padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
+    valid = np.ones(labels.shape, bool)
+    whole = predict_proba_window(refined, padded, valid, h)
+    np.testing.assert_allclose(predict_tiled(refined, padded, valid, h, (32, 16)), whole, rtol=0, atol=1e-5)
 
 
 def test_unet_halo_covers_its_receptive_field():

@@ -6,9 +6,10 @@ import pytest
 from cropseg.config import Config, PredictConfig
 from cropseg.errors import ConfigError
 from cropseg.features import FEATURE_PRESETS, FeatureSpec, compute_features, to_samples
-from cropseg.models import KNNModel, LGBMModel, TrainedModel
+from cropseg.models import KNNModel, LGBMModel, TrainedModel, UNetModel
 from cropseg.predict import predict_proba_window, with_refinement
 from cropseg.refine import Refinement, guided_filter
+from cropseg.testing import predict_tiled
 
 
 def _two_fields(seed=0, shape=(48, 60)):
@@ -91,13 +92,7 @@ def test_refined_tiles_equal_the_whole_image(lgbm_on_fields):
     valid[5:9, 30:50] = False  # cloud: no output there, but the filter still sees the image
     whole = predict_proba_window(trained, padded, valid, h)
     assert np.isnan(whole[~valid]).all()
-    tiled = np.full_like(whole, np.nan)
-    for r in range(0, 64, 16):
-        for c in range(0, 80, 24):
-            tiled[r : r + 16, c : c + 24] = predict_proba_window(
-                trained, padded[:, r : r + 16 + 2 * h, c : c + 24 + 2 * h], valid[r : r + 16, c : c + 24], h
-            )
-    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(predict_tiled(trained, padded, valid, h, (16, 24)), whole, rtol=0, atol=1e-5)
     # and the refinement helps on this noisy scene
     raw_proba = predict_proba_window(raw, padded, valid, h)
     assert np.mean((whole >= 0.5) != crop)[()] <= np.mean((raw_proba >= 0.5) != crop)
@@ -110,6 +105,8 @@ def test_with_refinement_follows_the_config(lgbm_on_fields):
     assert with_refinement(trained, PredictConfig(refine="off")).refine is None
     knn = TrainedModel(model=KNNModel(), features=trained.features)
     assert with_refinement(knn, PredictConfig()).refine is None  # the reference's method stays as it was
+    unet = TrainedModel(model=UNetModel(), features=trained.features)
+    assert with_refinement(unet, PredictConfig()).refine is None
     assert with_refinement(knn, PredictConfig(refine="on", refine_radius=4)).refine == Refinement(4, 3e-5)
     no_red = TrainedModel(model=trained.model, features=FeatureSpec(bands=("a", "b", "c", "d")))
     with pytest.raises(ConfigError, match="red and NIR"):

@@ -157,7 +157,7 @@ def predict(
     refine: Annotated[
         bool | None,
         typer.Option("--refine/--no-refine", help="Smooth probabilities within the image's fields (guided filter; "
-                     "default: config, on for all but the KNN)."),
+                     "default: config, on for rf and lgbm)."),
     ] = None,
 ) -> None:
     """Predict crop / non-crop over whole scenes (uint8 COGs: 1 crop, 0 non-crop, 255 nodata)."""

@@ -85,6 +85,11 @@ class TrainedModel:
         """The dtype of feature rows the model reads without a copy (float64 for compiled trees)."""
         return getattr(self.model, "sample_dtype", np.float32)
 
+    @property
+    def row_block(self) -> int | None:
+        """Rows to classify per call; None: a whole window at once (scikit-learn splits and parallelises itself)."""
+        return getattr(self.model, "row_block", None)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Crop probability for (n_samples, n_features) rows (per-pixel models only)."""
         if isinstance(self.model, UNetModel):
