@@ -31,7 +31,8 @@ from cropseg.scene import open_scene  # noqa: E402
 from cropseg.train import train_from_files  # noqa: E402
 
 SPECTRAL = ("ndvi", "ndwi", "evi2", "brightness")
-#: name -> feature set: the 4 PlanetScope bands, 4 indices, and mean / std of some of them at some window sizes
+#: name -> feature set: the 4 PlanetScope bands, 4 indices, mean / std of some of them at some window sizes, and
+#: row texture at some periods
 SETS: dict[str, FeatureSpec] = {
     "spectral": FeatureSpec(indices=SPECTRAL),
     "context": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31)),
@@ -40,6 +41,10 @@ SETS: dict[str, FeatureSpec] = {
     "nir-ndvi-3": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(3, 9, 31)),
     "brightness-ndvi-3": FeatureSpec(indices=SPECTRAL, context=("brightness", "ndvi"), scales=(3, 9, 31)),
     "nir-ndvi-2": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(5, 21)),
+    "texture": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31),
+                           texture=(3.0, 4.0, 5.0)),
+    "texture-4": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31), texture=(4.0,)),
+    "nir-ndvi-3-texture-4": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(3, 9, 31), texture=(4.0,)),
 }
 
 
@@ -60,12 +65,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated names of SETS")
+    ap.add_argument("--header", action=argparse.BooleanOptionalAction, default=True, help="print the table head")
     args = ap.parse_args()
     scenes = dwr_scenes(args.workdir, change_rate=0.1)
     names = [n.strip() for n in args.sets.split(",") if n.strip()]
-    print("| features | context of | window sizes | n | DWR test->train wF1 | non-crop F1 "
-          "| DWR train->test wF1 | non-crop F1 | mean wF1 | ms / tile |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if args.header:
+        print("| features | context of | window sizes | texture periods | n | DWR test->train wF1 | non-crop F1 "
+              "| DWR train->test wF1 | non-crop F1 | mean wF1 | ms / tile |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         spec = SETS[name]
         cells, wf1s, ms = [], [], 0.0
@@ -81,7 +88,8 @@ def main() -> None:
             cells += [f"{rep['weighted avg']['f1-score']:.3f}", f"{rep['non-crop']['f1-score']:.3f}"]
             if src == "test":
                 ms = tile_ms(trained, scenes[dst])
-        head = [name, ", ".join(spec.context) or "-", ", ".join(map(str, spec.scales)) or "-", str(len(spec.names))]
+        head = [name, ", ".join(spec.context) or "-", ", ".join(map(str, spec.scales)) or "-",
+                ", ".join(f"{p:g}" for p in spec.texture) or "-", str(len(spec.names))]
         print("| " + " | ".join([*head, *cells, f"{np.mean(wf1s):.3f}", f"{ms:.0f}"]) + " |", flush=True)
 
 

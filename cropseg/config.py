@@ -12,7 +12,7 @@ Example TOML::
     field = "CLASS1"
     crop_classes = ["G", "R", "F", "P", "T", "D", "C", "V"]
     [features]
-    preset = "context"
+    preset = "texture"
     [train]
     model = "lgbm"
     k_values = [3, 5, 7, 9, 11, 15, 21, 31]
@@ -61,15 +61,16 @@ class FeaturesConfig:
     """Which per-pixel features a model uses (see :mod:`cropseg.features`).
 
     ``preset`` ``auto`` takes the model kind's own set: ``reference`` (4 reflectance bands) for knn,
-    ``context`` (bands, indices, multi-scale mean / std) for rf and lgbm, ``spectral`` (bands and
-    indices; the network learns its own context) for unet. Non-empty ``indices``, ``context`` and
-    ``scales`` replace the preset's.
+    ``texture`` (bands, indices, multi-scale mean / std, row texture) for rf and lgbm, ``spectral``
+    (bands and indices; the network learns its own context) for unet. Non-empty ``indices``,
+    ``context``, ``scales`` and ``texture`` (periods in px) replace the preset's.
     """
 
     preset: str = "auto"
     indices: tuple[str, ...] = ()
     context: tuple[str, ...] = ()
     scales: tuple[int, ...] = ()
+    texture: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ kinds, in this output order:
 * local context: the mean and standard deviation of some of the above in square windows of a few
   sizes (``scales``). The statistics use valid pixels only (normalised convolution), so nodata
   outside the image, outside the AOI or under a UDM2 mask does not bleed into the context.
+* row texture (``texture``: periods in pixels): how strongly the image (red + NIR, local mean
+  removed) oscillates with that period in its strongest direction, and how much stronger that is
+  than the mean over four directions (Gabor filters at 0, 45, 90 and 135 degrees, energy averaged
+  over 15 px). Harvested grain keeps its windrows and fallow its tillage lines while idle land and
+  dry grass have none: in one late-summer image, this is what separates them (BENCHMARKS.md).
 
 Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
 callers read each tile with that many extra pixels on every side (pixels beyond the image read
@@ -18,6 +23,7 @@ equal whole-image results (up to the last bit of float32 rounding of the window 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +93,76 @@ INDICES: dict[str, Index] = {
 STATS: tuple[str, ...] = ("mean", "std")
 
 
+#: Row-texture periods (px) of the ``texture`` preset: 4 px, windrows and crop rows of about 12 m at 3 m pixels.
+TEXTURE_PERIODS: tuple[float, ...] = (4.0,)
+_HIGHPASS = 9  # px window of the local mean removed before the Gabor filters
+_TEXTURE_WINDOW = 15  # px window over which the Gabor energy is averaged
+
+
+def _gabor_radius(period: float) -> int:
+    return math.ceil(3 * 0.8 * period)
+
+
+def _texture_halo(period: float) -> int:
+    return _HIGHPASS // 2 + _gabor_radius(period) + _TEXTURE_WINDOW // 2
+
+
+def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
+    """|x * g|^2 for the Gabor filters g of this period at 0, 45, 90 and 135 degrees (Gaussian sigma 0.8 period).
+
+    Each filter is the product of two 1-D complex filters (a Gaussian times a complex exponential
+    along each axis), so it runs as real 1-D passes, and the 45 and 135 degree filters share theirs
+    (they differ only in the sign of the horizontal frequency). Their DC response (exp(-2 (0.8 pi)^2),
+    about 3e-6) is left in: the input has its local mean removed.
+    """
+    sigma = 0.8 * period
+    r = _gabor_radius(period)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    env = np.exp(-(t**2) / (2 * sigma**2))
+    w = 2 * np.pi / period
+    d = w / math.sqrt(2)
+
+    def along(arr: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
+        return np.asarray(ndimage.correlate1d(arr, kernel, axis=axis, mode="constant", cval=0.0))
+
+    # 0 degrees: oscillation along the rows only
+    re0, im0 = along(along(x, env * np.cos(w * t), 1), env, 0), along(along(x, env * np.sin(w * t), 1), env, 0)
+    # 90 degrees: oscillation along the columns only
+    smooth = along(x, env, 1)
+    re90, im90 = along(smooth, env * np.cos(w * t), 0), along(smooth, env * np.sin(w * t), 0)
+    # 45 and 135 degrees: (x * (c + i s)) along the rows, then * (c + i s) resp. (c - i s)-mirrored along the columns
+    c, s_ = env * np.cos(d * t), env * np.sin(d * t)
+    xc, xs = along(x, c, 1), along(x, s_, 1)
+    cc, ss, cs, sc = along(xc, c, 0), along(xs, s_, 0), along(xc, s_, 0), along(xs, c, 0)
+    re45, im45 = cc - ss, cs + sc
+    re135, im135 = cc + ss, cs - sc
+    return [re0 * re0 + im0 * im0, re45 * re45 + im45 * im45, re90 * re90 + im90 * im90,
+            re135 * re135 + im135 * im135]
+
+
+def row_texture(
+    red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = (slice(None), slice(None))
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
+
+    Returns (log of the strongest direction's mean energy, strongest / mean over the directions),
+    both float32 on ``inner``. Pixels outside ``mask`` count as zero (as does the outside of the array).
+    """
+    x = np.where(mask, red_nir, 0).astype(np.float32)
+    local = ndimage.uniform_filter(x, _HIGHPASS, mode="constant", cval=0.0) * _inverse_count(mask, _HIGHPASS)
+    x = np.where(mask, x - local, 0).astype(np.float32)
+    # the mean energy over the window's valid pixels (a response also reaches into masked ones)
+    inverse = _inverse_count(mask, _TEXTURE_WINDOW)[inner]
+    energies = np.stack([
+        ndimage.uniform_filter(np.where(mask, e, 0), _TEXTURE_WINDOW, mode="constant", cval=0.0)[inner] * inverse
+        for e in _gabor_energies(x, period)
+    ])
+    strongest = energies.max(axis=0)
+    anisotropy = np.divide(strongest, energies.mean(axis=0), out=np.ones_like(strongest),
+                           where=energies.mean(axis=0) > 1e-12)
+    return np.log(strongest + 1e-10).astype(np.float32), anisotropy.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which features a model uses.
@@ -100,6 +176,7 @@ class FeatureSpec:
         context: bands or indices whose neighbourhood statistics are added.
         scales: odd window sizes (pixels) of the neighbourhood statistics.
         stats: which statistics (``mean``, ``std``).
+        texture: periods (pixels, 2.5 to 16) of the row-texture features.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
@@ -108,6 +185,7 @@ class FeatureSpec:
     context: tuple[str, ...] = ()
     scales: tuple[int, ...] = ()
     stats: tuple[str, ...] = field(default=STATS)
+    texture: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [i for i in self.indices if i not in INDICES]
@@ -132,11 +210,17 @@ class FeatureSpec:
         bad = [s for s in self.stats if s not in STATS]
         if bad:
             raise ConfigError(f"unknown statistic {', '.join(bad)}; known: {', '.join(STATS)}")
+        if any(not 2.5 <= p <= 16 for p in self.texture):
+            raise ConfigError(f"texture periods must be between 2.5 and 16 pixels, got {list(self.texture)}")
+        if self.texture and not {"red", "nir"} <= set(self.bands):
+            raise ConfigError(f"texture features need red and nir bands, not among {list(self.bands)}")
 
     @property
     def halo(self) -> int:
         """Pixels of context needed on each side of a tile."""
-        return max(self.scales) // 2 if self.context else 0
+        context = max(self.scales) // 2 if self.context else 0
+        texture = max((_texture_halo(p) for p in self.texture), default=0)
+        return max(context, texture)
 
     @property
     def names(self) -> list[str]:
@@ -144,6 +228,7 @@ class FeatureSpec:
         out = list(self.bands) if self.reflectance else []
         out += list(self.indices)
         out += [f"{stat}{scale}_{base}" for base in self.context for scale in self.scales for stat in self.stats]
+        out += [f"rows{p:g}_{what}" for p in self.texture for what in ("energy", "anisotropy")]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +240,7 @@ class FeatureSpec:
             "context": list(self.context),
             "scales": list(self.scales),
             "stats": list(self.stats),
+            "texture": list(self.texture),
         }
 
     @classmethod
@@ -167,11 +253,12 @@ class FeatureSpec:
             context=tuple(data.get("context", ())),
             scales=tuple(int(s) for s in data.get("scales", ())),
             stats=tuple(data.get("stats", STATS)),
+            texture=tuple(float(p) for p in data.get("texture", ())),
         )
 
     def with_bands(self, bands: tuple[str, ...]) -> FeatureSpec:
         """The same features for an image with these band names."""
-        return FeatureSpec(bands, self.reflectance, self.indices, self.context, self.scales, self.stats)
+        return FeatureSpec(bands, self.reflectance, self.indices, self.context, self.scales, self.stats, self.texture)
 
 
 #: Named feature sets (``--features NAME``); see :func:`feature_preset`.
@@ -183,6 +270,12 @@ FEATURE_PRESETS: dict[str, FeatureSpec] = {
         context=("nir", "red", "ndvi"),
         scales=(3, 7, 15, 31),
     ),
+    "texture": FeatureSpec(
+        indices=("ndvi", "ndwi", "evi2", "brightness"),
+        context=("nir", "red", "ndvi"),
+        scales=(3, 7, 15, 31),
+        texture=TEXTURE_PERIODS,
+    ),
 }
 
 
@@ -191,7 +284,8 @@ def feature_preset(name: str, bands: tuple[str, ...] = PLANETSCOPE_BANDS) -> Fea
 
     - ``reference``: the 4 reflectance bands (the reference KNN's features);
     - ``spectral``: bands + NDVI, NDWI, EVI2, brightness;
-    - ``context``: spectral + mean / std of NIR, red and NDVI in 3, 7, 15 and 31 px windows.
+    - ``context``: spectral + mean / std of NIR, red and NDVI in 3, 7, 15 and 31 px windows;
+    - ``texture``: context + row texture at the periods of :data:`TEXTURE_PERIODS`.
     """
     try:
         spec = FEATURE_PRESETS[name]
@@ -292,9 +386,10 @@ def compute_features(
             base[name] = value
             out[i] = value[inner]
             i += 1
-    if spec.context:
+    if spec.context or spec.texture:
         mask = data_mask(refl) if valid is None else valid & data_mask(refl)
         full = bool(mask.all())
+    if spec.context:
         # windows that lie wholly inside a fully valid array need no normalisation (the count is exactly 1)
         inverse = {
             scale: None if full and crop >= scale // 2 else _inverse_count(mask, scale)[inner]
@@ -307,6 +402,11 @@ def compute_features(
                 targets = {stat: out[i + k] for k, stat in enumerate(spec.stats)}
                 _stats_into(targets, xw, xw2, inverse[scale], scale, inner)
                 i += len(spec.stats)
+    if spec.texture:
+        red_nir = bands["red"] + bands["nir"]
+        for period in spec.texture:
+            out[i], out[i + 1] = row_texture(red_nir, mask, period, inner)
+            i += 2
     return out
 
 

@@ -99,7 +99,7 @@ def extract_samples(
 
 
 #: Feature set of each model kind when the config says ``auto``.
-DEFAULT_FEATURES: dict[str, str] = {"knn": "reference", "rf": "context", "lgbm": "context", "unet": "spectral"}
+DEFAULT_FEATURES: dict[str, str] = {"knn": "reference", "rf": "texture", "lgbm": "texture", "unet": "spectral"}
 _GRADIENT_MODELS = ("lgbm", "unet")
 
 
@@ -108,13 +108,14 @@ def resolve_features(kind: str, bands: tuple[str, ...], config: FeaturesConfig |
     cfg = config or FeaturesConfig()
     preset = DEFAULT_FEATURES.get(kind, "reference") if cfg.preset == "auto" else cfg.preset
     spec = feature_preset(preset, bands)
-    if cfg.indices or cfg.context or cfg.scales:
+    if cfg.indices or cfg.context or cfg.scales or cfg.texture:
         spec = FeatureSpec(
             bands=bands,
             indices=cfg.indices or spec.indices,
             context=cfg.context or spec.context,
             scales=tuple(cfg.scales) or spec.scales,
             stats=spec.stats,
+            texture=tuple(float(p) for p in cfg.texture) or spec.texture,
         )
     return spec
 

@@ -13,6 +13,7 @@ from cropseg.features import (
     data_mask,
     feature_preset,
     local_stats,
+    row_texture,
     to_samples,
 )
 
@@ -90,6 +91,40 @@ def test_tiled_features_equal_whole(tile, seed):
             np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-6)
 
 
+@settings(max_examples=6, deadline=None)
+@given(tile=st.integers(9, 33), seed=st.integers(0, 3))
+def test_tiled_texture_equals_whole(tile, seed):
+    spec = FEATURE_PRESETS["texture"]
+    refl = _refl(60, 52, seed)
+    h = spec.halo
+    whole = compute_features(refl, spec)
+    padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
+    for r in range(0, 60, tile):
+        for c in range(0, 52, tile):
+            r1, c1 = min(r + tile, 60), min(c + tile, 52)
+            part = compute_features(padded[:, r : r1 + 2 * h, c : c1 + 2 * h], spec, crop=h)
+            np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-5)
+
+
+def test_row_texture_finds_rows_in_any_direction():
+    rows, cols = 64, 64
+    yy, xx = np.mgrid[:rows, :cols].astype(np.float32)
+    mask = np.ones((rows, cols), bool)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.01, (rows, cols)).astype(np.float32)
+    flat_energy, flat_aniso = row_texture(0.3 + noise, mask, 4.0)
+    for angle in (0, 30, 60, 90, 120):
+        u = xx * np.cos(np.radians(angle)) + yy * np.sin(np.radians(angle))
+        striped = 0.3 + 0.03 * np.cos(2 * np.pi * u / 4.0) + noise
+        energy, aniso = row_texture(striped, mask, 4.0)
+        core = (slice(20, 44), slice(20, 44))
+        assert energy[core].mean() > flat_energy[core].mean() + 2  # log energy: e^2 times stronger
+        assert aniso[core].mean() > 2 * flat_aniso[core].mean()
+    # other periods respond less
+    stripes4 = 0.3 + 0.03 * np.cos(2 * np.pi * xx / 4.0) + noise
+    assert row_texture(stripes4, mask, 4.0)[0][core].mean() > row_texture(stripes4, mask, 8.0)[0][core].mean()
+
+
 @pytest.mark.parametrize("nodata", [False, True])
 def test_cropped_features_equal_cropping_afterwards(nodata):
     # crop = halo: what tiled prediction asks for; all-valid windows take the unnormalised path
@@ -130,6 +165,9 @@ def test_names_match_output_and_round_trip():
     old_card = {"bands": ["blue", "green", "red", "nir"], "reflectance": True}
     assert FeatureSpec.from_dict(old_card) == FeatureSpec()
     assert "std31_ndvi" in spec.names and "mean3_nir" in spec.names
+    texture = FEATURE_PRESETS["texture"]
+    assert texture.names[-2:] == ["rows4_energy", "rows4_anisotropy"] and texture.halo == 21
+    assert FeatureSpec.from_dict(texture.to_dict()) == texture
 
 
 @pytest.mark.parametrize(
@@ -141,6 +179,8 @@ def test_names_match_output_and_round_trip():
         ({"context": ("ndvi",), "scales": (3,)}, "neither bands nor selected"),
         ({"bands": ("a", "b"), "indices": ("ndvi",)}, "needs band"),
         ({"context": ("nir",), "scales": (3,), "stats": ("max",)}, "unknown statistic"),
+        ({"texture": (1.0,)}, "texture periods"),
+        ({"bands": ("a", "b", "c", "d"), "texture": (4.0,)}, "red and nir"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, match):

@@ -78,7 +78,8 @@ def train(
     = None,
     features: Annotated[
         str | None,
-        typer.Option("--features", help="Feature set: reference, spectral or context (default: the model's own)."),
+        typer.Option("--features",
+                     help="Feature set: reference, spectral, context or texture (default: the model's own)."),
     ] = None,
 ) -> None:
     """Train a model on one scene and its ground truth."""
