@@ -41,8 +41,8 @@ SETS: dict[str, FeatureSpec] = {
     "nir-ndvi-3": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(3, 9, 31)),
     "brightness-ndvi-3": FeatureSpec(indices=SPECTRAL, context=("brightness", "ndvi"), scales=(3, 9, 31)),
     "nir-ndvi-2": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(5, 21)),
-    "texture": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31),
-                           texture=(3.0, 4.0, 5.0)),
+    "texture-3-4-5": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31),
+                                 texture=(3.0, 4.0, 5.0)),
     "texture-4": FeatureSpec(indices=SPECTRAL, context=("nir", "red", "ndvi"), scales=(3, 7, 15, 31), texture=(4.0,)),
     "nir-ndvi-3-texture-4": FeatureSpec(indices=SPECTRAL, context=("nir", "ndvi"), scales=(3, 9, 31), texture=(4.0,)),
 }

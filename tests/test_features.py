@@ -75,11 +75,7 @@ def test_nodata_does_not_bleed_into_context():
     assert data_mask(refl)[:, 5:].all() and not data_mask(refl)[:, :5].any()
 
 
-@settings(max_examples=15, deadline=None)
-@given(tile=st.integers(3, 17), seed=st.integers(0, 5))
-def test_tiled_features_equal_whole(tile, seed):
-    spec = FEATURE_PRESETS["context"]
-    refl = _refl(30, 26, seed)
+def _assert_tiled_equals_whole(spec, refl, tile, atol, crop):
     h = spec.halo
     whole = compute_features(refl, spec)
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
@@ -87,23 +83,22 @@ def test_tiled_features_equal_whole(tile, seed):
     for r in range(0, rows, tile):
         for c in range(0, cols, tile):
             r1, c1 = min(r + tile, rows), min(c + tile, cols)
-            part = compute_features(padded[:, r : r1 + 2 * h, c : c1 + 2 * h], spec)[:, h : h + r1 - r, h : h + c1 - c]
-            np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-6)
+            window = padded[:, r : r1 + 2 * h, c : c1 + 2 * h]
+            # cropped by compute_features itself, or afterwards
+            part = compute_features(window, spec, crop=h) if crop else compute_features(window, spec)[:, h:-h, h:-h]
+            np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=atol)
+
+
+@settings(max_examples=15, deadline=None)
+@given(tile=st.integers(3, 17), seed=st.integers(0, 5), crop=st.booleans())
+def test_tiled_features_equal_whole(tile, seed, crop):
+    _assert_tiled_equals_whole(FEATURE_PRESETS["context"], _refl(30, 26, seed), tile, 2e-6, crop)
 
 
 @settings(max_examples=6, deadline=None)
 @given(tile=st.integers(9, 33), seed=st.integers(0, 3))
 def test_tiled_texture_equals_whole(tile, seed):
-    spec = FEATURE_PRESETS["texture"]
-    refl = _refl(60, 52, seed)
-    h = spec.halo
-    whole = compute_features(refl, spec)
-    padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
-    for r in range(0, 60, tile):
-        for c in range(0, 52, tile):
-            r1, c1 = min(r + tile, 60), min(c + tile, 52)
-            part = compute_features(padded[:, r : r1 + 2 * h, c : c1 + 2 * h], spec, crop=h)
-            np.testing.assert_allclose(part, whole[:, r:r1, c:c1], rtol=0, atol=2e-5)
+    _assert_tiled_equals_whole(FEATURE_PRESETS["texture"], _refl(60, 52, seed), tile, 2e-5, True)
 
 
 def test_row_texture_finds_rows_in_any_direction():
