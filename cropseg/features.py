@@ -130,7 +130,7 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
     # 90 degrees: oscillation along the columns only
     smooth = along(x, env, 1)
     re90, im90 = along(smooth, env * np.cos(w * t), 0), along(smooth, env * np.sin(w * t), 0)
-    # 45 and 135 degrees: (x * (c + i s)) along the rows, then * (c + i s) resp. (c - i s)-mirrored along the columns
+    # 45 and 135 degrees share their passes: 135 is 45 with the horizontal frequency negated (x-pass c - i s)
     c, s_ = env * np.cos(d * t), env * np.sin(d * t)
     xc, xs = along(x, c, 1), along(x, s_, 1)
     cc, ss, cs, sc = along(xc, c, 0), along(xs, s_, 0), along(xc, s_, 0), along(xs, c, 0)
