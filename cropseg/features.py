@@ -91,6 +91,7 @@ INDICES: dict[str, Index] = {
 }
 #: Neighbourhood statistics cropseg knows.
 STATS: tuple[str, ...] = ("mean", "std")
+_EVERYWHERE = (slice(None), slice(None))
 
 
 #: Row-texture periods (px) of the ``texture`` preset: 4 px, windrows and crop rows of about 12 m at 3 m pixels.
@@ -141,7 +142,7 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
 
 
 def row_texture(
-    red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = (slice(None), slice(None))
+    red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
 
@@ -149,13 +150,11 @@ def row_texture(
     both float32 on ``inner``. Pixels outside ``mask`` count as zero (as does the outside of the array).
     """
     x = np.where(mask, red_nir, 0).astype(np.float32)
-    local = ndimage.uniform_filter(x, _HIGHPASS, mode="constant", cval=0.0) * _inverse_count(mask, _HIGHPASS)
-    x = np.where(mask, x - local, 0).astype(np.float32)
+    x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
     # the mean energy over the window's valid pixels (a response also reaches into masked ones)
-    inverse = _inverse_count(mask, _TEXTURE_WINDOW)[inner]
+    inverse = inverse_count(mask, _TEXTURE_WINDOW)[inner]
     energies = np.stack([
-        ndimage.uniform_filter(np.where(mask, e, 0), _TEXTURE_WINDOW, mode="constant", cval=0.0)[inner] * inverse
-        for e in _gabor_energies(x, period)
+        window_mean(np.where(mask, e, 0), _TEXTURE_WINDOW, inverse, inner) for e in _gabor_energies(x, period)
     ])
     strongest = energies.max(axis=0)
     anisotropy = np.divide(strongest, energies.mean(axis=0), out=np.ones_like(strongest),
@@ -299,14 +298,23 @@ def data_mask(reflectance: np.ndarray) -> np.ndarray:
     return np.asarray(np.isfinite(reflectance).all(axis=0) & (reflectance != 0).any(axis=0))
 
 
-def _inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
-    """1 / (share of valid pixels in each window), 0 where the window holds none."""
+def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
+    """1 / (share of valid pixels in each ``size`` px window), 0 where the window holds none.
+
+    Pixels beyond the array count as invalid. With :func:`window_mean`, it gives means over valid pixels only.
+    """
     count = ndimage.uniform_filter(valid.astype(np.float32), size, mode="constant", cval=0.0)
     return np.asarray(np.divide(1.0, count, out=np.zeros_like(count), where=count > 1e-6))
 
 
-def _box(x: np.ndarray, size: int, inner: tuple[slice, slice], inv: np.ndarray | None) -> np.ndarray:
-    """Window mean of ``x`` (already zero where invalid) on ``inner``; ``inv`` None: every window is full."""
+def window_mean(
+    x: np.ndarray, size: int, inv: np.ndarray | None, inner: tuple[slice, slice] = _EVERYWHERE
+) -> np.ndarray:
+    """Mean of ``x`` over the valid pixels of each ``size`` px window, on ``inner``.
+
+    ``x`` must be zero where invalid; ``inv`` is :func:`inverse_count` of the valid pixels (on
+    ``inner``), or None when every window is wholly valid.
+    """
     mean: np.ndarray = ndimage.uniform_filter(x, size, mode="constant", cval=0.0)[inner]
     if inv is not None:
         mean *= inv
@@ -318,11 +326,11 @@ def _stats_into(
     inner: tuple[slice, slice],
 ) -> None:
     """Write the window mean and/or standard deviation of ``xw`` into the arrays of ``out`` (by statistic)."""
-    mean = _box(xw, size, inner, inv)
+    mean = window_mean(xw, size, inv, inner)
     if "mean" in out:
         out["mean"][...] = mean
     if "std" in out:
-        sq = _box(xw2, size, inner, inv)
+        sq = window_mean(xw2, size, inv, inner)
         var = np.subtract(sq, np.square(mean, out=mean), out=out["std"])
         # float32 cancellation leaves rounding noise (~1e-7 sq) where a window is uniform: make that exactly 0
         np.putmask(var, var <= np.multiply(sq, 1e-5, out=sq), 0.0)
@@ -347,8 +355,7 @@ def local_stats(
     """
     xw = np.where(valid, x, 0).astype(np.float32)
     out = {s: np.empty(x.shape, np.float32) for s in stats}
-    everything = (slice(None), slice(None))
-    _stats_into(out, xw, xw * xw, _inverse_count(valid, size), size, everything)
+    _stats_into(out, xw, xw * xw, inverse_count(valid, size), size, _EVERYWHERE)
     return out
 
 
@@ -392,7 +399,7 @@ def compute_features(
     if spec.context:
         # windows that lie wholly inside a fully valid array need no normalisation (the count is exactly 1)
         inverse = {
-            scale: None if full and crop >= scale // 2 else _inverse_count(mask, scale)[inner]
+            scale: None if full and crop >= scale // 2 else inverse_count(mask, scale)[inner]
             for scale in spec.scales
         }
         for name in spec.context:

@@ -86,8 +86,7 @@ def _image_proba(trained: TrainedModel, reflectance: np.ndarray, rows: int, cols
     net_halo = (halo - trained.features.halo) // trained.stride * trained.stride
     cut = halo - net_halo
     window = reflectance[:, cut : cut + rows + 2 * net_halo, cut : cut + cols + 2 * net_halo]
-    feats = compute_features(reflectance, trained.features)[:, cut : cut + rows + 2 * net_halo,
-                                                             cut : cut + cols + 2 * net_halo]
+    feats = compute_features(reflectance, trained.features, crop=cut)  # the features of that window
     proba = model.predict_proba_image(feats, data_mask(window))
     return np.asarray(proba[net_halo : net_halo + rows, net_halo : net_halo + cols])
 
@@ -105,7 +104,7 @@ def _refined_proba(
     region = reflectance[:, lo : lo + rows + 2 * margin, lo : lo + cols + 2 * margin]
     data = data_mask(region)
     raw = replace(trained, refine=None)
-    proba = predict_proba_window(raw, reflectance, data, lo) if data.any() else np.zeros(data.shape, np.float32)
+    proba = predict_proba_window(raw, reflectance, data, lo)  # NaN where no data: the filter ignores those
     bands = trained.features.bands
     guide = region[[bands.index("red"), bands.index("nir")]]
     refined = guided_filter(guide, proba, data, refinement)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from cropseg.errors import ConfigError
+from cropseg.features import inverse_count, window_mean
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,6 @@ class Refinement:
         return 2 * self.radius
 
 
-def _mean(x: np.ndarray, weight: np.ndarray, inv_count: np.ndarray, size: int) -> np.ndarray:
-    """Mean of ``x`` over the data pixels of each window (pixels beyond the array hold none)."""
-    return np.asarray(ndimage.uniform_filter(x * weight, size, mode="constant", cval=0.0) * inv_count)
-
-
 def guided_filter(
     guide: np.ndarray, values: np.ndarray, data: np.ndarray, refinement: Refinement | None = None
 ) -> np.ndarray:
@@ -79,22 +74,25 @@ def guided_filter(
                          f"{guide.shape}, {values.shape}, {data.shape}")
     ref = refinement or Refinement()
     size = 2 * ref.radius + 1
-    w = data.astype(np.float32)
-    count = ndimage.uniform_filter(w, size, mode="constant", cval=0.0)
-    inv = np.divide(1.0, count, out=np.zeros_like(count), where=count > 1e-6)
+    inv = inverse_count(data, size)
+
+    def mean(v: np.ndarray) -> np.ndarray:  # over the data pixels of each window; v is zero elsewhere
+        return window_mean(v, size, inv)
+
     # float32 is enough: eps (>= 1e-6 in practice) dwarfs the rounding of E[x^2] - E[x]^2 at reflectance scale
     x = np.where(data, guide[0], 0).astype(np.float32)
     y = np.where(data, guide[1], 0).astype(np.float32)
     p = np.where(data, np.nan_to_num(values), 0).astype(np.float32)
-    mx, my, mp = _mean(x, w, inv, size), _mean(y, w, inv, size), _mean(p, w, inv, size)
-    cxp = _mean(x * p, w, inv, size) - mx * mp
-    cyp = _mean(y * p, w, inv, size) - my * mp
-    sxx = _mean(x * x, w, inv, size) - mx * mx + np.float32(ref.eps)
-    syy = _mean(y * y, w, inv, size) - my * my + np.float32(ref.eps)
-    sxy = _mean(x * y, w, inv, size) - mx * my
+    mx, my, mp = mean(x), mean(y), mean(p)
+    cxp = mean(x * p) - mx * mp
+    cyp = mean(y * p) - my * mp
+    sxx = mean(x * x) - mx * mx + np.float32(ref.eps)
+    syy = mean(y * y) - my * my + np.float32(ref.eps)
+    sxy = mean(x * y) - mx * my
     det = sxx * syy - sxy * sxy
     ax = (syy * cxp - sxy * cyp) / det
     ay = (sxx * cyp - sxy * cxp) / det
     b = mp - ax * mx - ay * my
-    out = _mean(ax, w, inv, size) * x + _mean(ay, w, inv, size) * y + _mean(b, w, inv, size)
+    # each pixel averages the fits of the windows centred on data pixels
+    out = mean(np.where(data, ax, 0)) * x + mean(np.where(data, ay, 0)) * y + mean(np.where(data, b, 0))
     return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
