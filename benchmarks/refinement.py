@@ -19,25 +19,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._data import PROCEDURAL_PAIRS, procedural_scene  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
 from cropseg.features import data_mask  # noqa: E402
 from cropseg.predict import predict_proba_window  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
 from cropseg.refine import Refinement, guided_filter  # noqa: E402
 from cropseg.scene import open_scene  # noqa: E402
-from cropseg.synth import run_synth  # noqa: E402
 from cropseg.train import train_from_files  # noqa: E402
 
-PAIRS = ((11, 12), (13, 14))
 RADII = (4, 8, 16, 24, 32)
 EPS = (1e-5, 3e-5, 1e-4, 3e-4)
-
-
-def scene(work: Path, seed: int) -> Path:
-    folder = work / f"procedural_4500_s{seed}"
-    if not (folder / "manifest.json").exists():
-        run_synth(None, None, folder, seed=seed, change_rate=0.1, size_m=(4500.0, 4500.0))
-    return folder
 
 
 def weighted_f1(pred: np.ndarray, data: np.ndarray, truth: np.ndarray) -> float:
@@ -51,8 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     scores: dict[tuple[int, float], list[float]] = {}
     base = []
-    for src, dst in PAIRS:
-        train_dir, eval_dir = scene(args.workdir, src), scene(args.workdir, dst)
+    for src, dst in PROCEDURAL_PAIRS:
+        train_dir, eval_dir = procedural_scene(args.workdir, src), procedural_scene(args.workdir, dst)
         res = train_from_files(train_dir, train_dir / "labels.tif", args.workdir / f"refine_model_s{src}", kind="lgbm")
         trained = res.trained
         refl = open_scene(eval_dir).read_reflectance()

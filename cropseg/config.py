@@ -61,9 +61,9 @@ class FeaturesConfig:
     """Which per-pixel features a model uses (see :mod:`cropseg.features`).
 
     ``preset`` ``auto`` takes the model kind's own set: ``reference`` (4 reflectance bands) for knn,
-    ``texture`` (bands, indices, multi-scale mean / std, row texture) for rf and lgbm, ``spectral``
-    (bands and indices; the network learns its own context) for unet. Non-empty ``indices``,
-    ``context``, ``scales`` and ``texture`` (periods in px) replace the preset's.
+    ``texture`` (bands, indices, multi-scale mean / std, row texture) for rf, lgbm and unet (the network
+    learns its own context, but not the faint rows of harvested fields: BENCHMARKS.md). Non-empty ``indices``,
+    ``context``, ``scales``, ``texture`` (periods in px) and ``texture_windows`` (px) replace the preset's.
     """
 
     preset: str = "auto"
@@ -71,6 +71,7 @@ class FeaturesConfig:
     context: tuple[str, ...] = ()
     scales: tuple[int, ...] = ()
     texture: tuple[float, ...] = ()
+    texture_windows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

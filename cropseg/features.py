@@ -12,8 +12,10 @@ kinds, in this output order:
 * row texture (``texture``: periods in pixels): how strongly the image (red + NIR, local mean
   removed) oscillates with that period in its strongest direction, and how much stronger that is
   than the mean over four directions (Gabor filters at 0, 45, 90 and 135 degrees, energy averaged
-  over 15 px). Harvested grain keeps its windrows and fallow its tillage lines while idle land and
-  dry grass have none: in one late-summer image, this is what separates them (BENCHMARKS.md).
+  over each of ``texture_windows``, 15 px by default). Harvested grain keeps its windrows and fallow
+  its tillage lines while idle land and dry grass have none: in one late-summer image, this is what
+  separates them (BENCHMARKS.md). Averaged over a field-sized window (63 px), faint rows add up
+  and a field's bare headland sees the rows beside it.
 
 Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
 callers read each tile with that many extra pixels on every side (pixels beyond the image read
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -94,18 +96,21 @@ STATS: tuple[str, ...] = ("mean", "std")
 _EVERYWHERE = (slice(None), slice(None))
 
 
-#: Row-texture periods (px) of the ``texture`` preset: 4 px, windrows and crop rows of about 12 m at 3 m pixels.
-TEXTURE_PERIODS: tuple[float, ...] = (4.0,)
+#: Row-texture periods (px) of the ``texture`` preset: 4 px, windrows of about 12 m at 3 m pixels, and 2.5 px,
+#: orchard and vine rows and tillage lines of about 7.5 m.
+TEXTURE_PERIODS: tuple[float, ...] = (2.5, 4.0)
+#: Windows (px) over which the ``texture`` preset averages the Gabor energy: 15 px, and 63 px (about a field).
+TEXTURE_WINDOWS: tuple[int, ...] = (15, 63)
 _HIGHPASS = 9  # px window of the local mean removed before the Gabor filters
-_TEXTURE_WINDOW = 15  # px window over which the Gabor energy is averaged
+_TEXTURE_WINDOW = 15  # default px window over which the Gabor energy is averaged
 
 
 def _gabor_radius(period: float) -> int:
     return math.ceil(3 * 0.8 * period)
 
 
-def _texture_halo(period: float) -> int:
-    return _HIGHPASS // 2 + _gabor_radius(period) + _TEXTURE_WINDOW // 2
+def _texture_halo(period: float, window: int = _TEXTURE_WINDOW) -> int:
+    return _HIGHPASS // 2 + _gabor_radius(period) + window // 2
 
 
 def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
@@ -142,24 +147,34 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
 
 
 def row_texture(
-    red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE
-) -> tuple[np.ndarray, np.ndarray]:
+    red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE,
+    windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False,
+) -> list[np.ndarray]:
     """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
 
-    Returns (log of the strongest direction's mean energy, strongest / mean over the directions),
-    both float32 on ``inner``. Pixels outside ``mask`` count as zero (as does the outside of the array).
+    Returns, for each of ``windows`` (px, over which the energies are averaged), the log of the strongest
+    direction's mean energy and strongest / mean over the directions, float32 on ``inner``. Pixels outside
+    ``mask`` count as zero (as does the outside of the array). ``full`` says that every pixel within reach
+    of ``inner`` is valid, so that no window needs normalising (the same values, computed faster).
     """
-    x = np.where(mask, red_nir, 0).astype(np.float32)
-    x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
-    # the mean energy over the window's valid pixels (a response also reaches into masked ones)
-    inverse = inverse_count(mask, _TEXTURE_WINDOW)[inner]
-    energies = np.stack([
-        window_mean(np.where(mask, e, 0), _TEXTURE_WINDOW, inverse, inner) for e in _gabor_energies(x, period)
-    ])
-    strongest = energies.max(axis=0)
-    anisotropy = np.divide(strongest, energies.mean(axis=0), out=np.ones_like(strongest),
-                           where=energies.mean(axis=0) > 1e-12)
-    return np.log(strongest + 1e-10).astype(np.float32), anisotropy.astype(np.float32)
+    if full:
+        x = red_nir.astype(np.float32, copy=False)
+        x = x - window_mean(x, _HIGHPASS, None)
+        raw = _gabor_energies(x, period)
+    else:
+        x = np.where(mask, red_nir, 0).astype(np.float32)
+        x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
+        # the mean energy over the window's valid pixels (a response also reaches into masked ones)
+        raw = [np.where(mask, e, 0) for e in _gabor_energies(x, period)]
+    out: list[np.ndarray] = []
+    for window in windows:
+        inverse = None if full else inverse_count(mask, window)[inner]
+        energies = np.stack([window_mean(e, window, inverse, inner) for e in raw])
+        strongest = energies.max(axis=0)
+        mean = energies.mean(axis=0)
+        anisotropy = np.divide(strongest, mean, out=np.ones_like(strongest), where=mean > 1e-12)
+        out += [np.log(strongest + 1e-10).astype(np.float32), anisotropy.astype(np.float32)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -175,7 +190,8 @@ class FeatureSpec:
         context: bands or indices whose neighbourhood statistics are added.
         scales: odd window sizes (pixels) of the neighbourhood statistics.
         stats: which statistics (``mean``, ``std``).
-        texture: periods (pixels, 2.5 to 16) of the row-texture features.
+        texture: periods (pixels, 2 to 16) of the row-texture features.
+        texture_windows: odd window sizes (pixels) over which the row-texture energy is averaged.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
@@ -185,6 +201,7 @@ class FeatureSpec:
     scales: tuple[int, ...] = ()
     stats: tuple[str, ...] = field(default=STATS)
     texture: tuple[float, ...] = ()
+    texture_windows: tuple[int, ...] = (_TEXTURE_WINDOW,)
 
     def __post_init__(self) -> None:
         unknown = [i for i in self.indices if i not in INDICES]
@@ -209,8 +226,10 @@ class FeatureSpec:
         bad = [s for s in self.stats if s not in STATS]
         if bad:
             raise ConfigError(f"unknown statistic {', '.join(bad)}; known: {', '.join(STATS)}")
-        if any(not 2.5 <= p <= 16 for p in self.texture):
-            raise ConfigError(f"texture periods must be between 2.5 and 16 pixels, got {list(self.texture)}")
+        if any(not 2.0 <= p <= 16 for p in self.texture):
+            raise ConfigError(f"texture periods must be between 2 and 16 pixels, got {list(self.texture)}")
+        if not self.texture_windows or any(w < 3 or w % 2 == 0 for w in self.texture_windows):
+            raise ConfigError(f"texture windows must be odd window sizes >= 3, got {list(self.texture_windows)}")
         if self.texture and not {"red", "nir"} <= set(self.bands):
             raise ConfigError(f"texture features need red and nir bands, not among {list(self.bands)}")
 
@@ -218,7 +237,7 @@ class FeatureSpec:
     def halo(self) -> int:
         """Pixels of context needed on each side of a tile."""
         context = max(self.scales) // 2 if self.context else 0
-        texture = max((_texture_halo(p) for p in self.texture), default=0)
+        texture = max((_texture_halo(p, max(self.texture_windows)) for p in self.texture), default=0)
         return max(context, texture)
 
     @property
@@ -227,7 +246,8 @@ class FeatureSpec:
         out = list(self.bands) if self.reflectance else []
         out += list(self.indices)
         out += [f"{stat}{scale}_{base}" for base in self.context for scale in self.scales for stat in self.stats]
-        out += [f"rows{p:g}_{what}" for p in self.texture for what in ("energy", "anisotropy")]
+        out += [f"rows{p:g}_{what}{'' if w == _TEXTURE_WINDOW else w}" for p in self.texture
+                for w in self.texture_windows for what in ("energy", "anisotropy")]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +260,7 @@ class FeatureSpec:
             "scales": list(self.scales),
             "stats": list(self.stats),
             "texture": list(self.texture),
+            "texture_windows": list(self.texture_windows),
         }
 
     @classmethod
@@ -253,11 +274,12 @@ class FeatureSpec:
             scales=tuple(int(s) for s in data.get("scales", ())),
             stats=tuple(data.get("stats", STATS)),
             texture=tuple(float(p) for p in data.get("texture", ())),
+            texture_windows=tuple(int(w) for w in data.get("texture_windows", (_TEXTURE_WINDOW,))),
         )
 
     def with_bands(self, bands: tuple[str, ...]) -> FeatureSpec:
         """The same features for an image with these band names."""
-        return FeatureSpec(bands, self.reflectance, self.indices, self.context, self.scales, self.stats, self.texture)
+        return replace(self, bands=bands)
 
 
 #: Named feature sets (``--features NAME``); see :func:`feature_preset`.
@@ -274,6 +296,7 @@ FEATURE_PRESETS: dict[str, FeatureSpec] = {
         context=("nir", "red", "ndvi"),
         scales=(3, 7, 15, 31),
         texture=TEXTURE_PERIODS,
+        texture_windows=TEXTURE_WINDOWS,
     ),
 }
 
@@ -284,7 +307,8 @@ def feature_preset(name: str, bands: tuple[str, ...] = PLANETSCOPE_BANDS) -> Fea
     - ``reference``: the 4 reflectance bands (the reference KNN's features);
     - ``spectral``: bands + NDVI, NDWI, EVI2, brightness;
     - ``context``: spectral + mean / std of NIR, red and NDVI in 3, 7, 15 and 31 px windows;
-    - ``texture``: context + row texture at the periods of :data:`TEXTURE_PERIODS`.
+    - ``texture``: context + row texture at the periods of :data:`TEXTURE_PERIODS`, averaged over the windows of
+      :data:`TEXTURE_WINDOWS`.
     """
     try:
         spec = FEATURE_PRESETS[name]
@@ -412,8 +436,10 @@ def compute_features(
     if spec.texture:
         red_nir = bands["red"] + bands["nir"]
         for period in spec.texture:
-            out[i], out[i + 1] = row_texture(red_nir, mask, period, inner)
-            i += 2
+            reach = full and crop >= _texture_halo(period, max(spec.texture_windows))
+            for plane in row_texture(red_nir, mask, period, inner, spec.texture_windows, full=reach):
+                out[i] = plane
+                i += 1
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -99,7 +99,7 @@ def extract_samples(
 
 
 #: Feature set of each model kind when the config says ``auto``.
-DEFAULT_FEATURES: dict[str, str] = {"knn": "reference", "rf": "texture", "lgbm": "texture", "unet": "spectral"}
+DEFAULT_FEATURES: dict[str, str] = {"knn": "reference", "rf": "texture", "lgbm": "texture", "unet": "texture"}
 _GRADIENT_MODELS = ("lgbm", "unet")
 
 
@@ -108,15 +108,12 @@ def resolve_features(kind: str, bands: tuple[str, ...], config: FeaturesConfig |
     cfg = config or FeaturesConfig()
     preset = DEFAULT_FEATURES.get(kind, "reference") if cfg.preset == "auto" else cfg.preset
     spec = feature_preset(preset, bands)
-    if cfg.indices or cfg.context or cfg.scales or cfg.texture:
-        spec = FeatureSpec(
-            bands=bands,
-            indices=cfg.indices or spec.indices,
-            context=cfg.context or spec.context,
-            scales=tuple(cfg.scales) or spec.scales,
-            stats=spec.stats,
-            texture=tuple(float(p) for p in cfg.texture) or spec.texture,
-        )
+    overrides: dict[str, Any] = {
+        "indices": tuple(cfg.indices), "context": tuple(cfg.context), "scales": tuple(cfg.scales),
+        "texture": tuple(float(p) for p in cfg.texture), "texture_windows": tuple(cfg.texture_windows),
+    }
+    if any(overrides.values()):
+        spec = replace(spec, **{k: v for k, v in overrides.items() if v})
     return spec
 
 

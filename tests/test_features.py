@@ -120,23 +120,40 @@ def test_row_texture_finds_rows_in_any_direction():
     assert row_texture(stripes4, mask, 4.0)[0][core].mean() > row_texture(stripes4, mask, 8.0)[0][core].mean()
 
 
+def test_field_sized_texture_window_reaches_a_bare_headland():
+    # rows on the left half, bare ground on the right: 16 px into the bare part, the 15 px window sees no
+    # rows while the 63 px window still does (the bare headland of a field sees the field's rows)
+    rows, cols = 96, 128
+    xx = np.mgrid[:rows, :cols][1].astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 0.002, (rows, cols)).astype(np.float32)
+    image = 0.3 + np.where(xx < 64, 0.03 * np.cos(2 * np.pi * xx / 4.0), 0) + noise
+    mask = np.ones((rows, cols), bool)
+    e15, _, e63, _ = row_texture(image, mask, 4.0, windows=(15, 63))
+    bare, far = (slice(40, 56), 80), (slice(40, 56), 120)
+    assert e15[bare].mean() < e15[far].mean() + 1  # nothing of the rows in the small window
+    assert e63[bare].mean() > e63[far].mean() + 2  # the rows are within the field-sized one
+
+
+@pytest.mark.parametrize("preset, size", [("context", 50), ("texture", 110)])
 @pytest.mark.parametrize("nodata", [False, True])
-def test_cropped_features_equal_cropping_afterwards(nodata):
+def test_cropped_features_equal_cropping_afterwards(nodata, preset, size):
     # crop = halo: what tiled prediction asks for; all-valid windows take the unnormalised path
-    spec = FEATURE_PRESETS["context"]
-    refl = _refl(50, 46, 3)
+    spec = FEATURE_PRESETS[preset]
+    refl = _refl(size, size - 4, 3)
     if not nodata:
         refl[:, :3, :5] = 0.2
     h = spec.halo
     whole = compute_features(refl, spec)
     cropped = compute_features(refl, spec, crop=h)
-    assert cropped.shape == (len(spec.names), 50 - 2 * h, 46 - 2 * h)
-    assert np.array_equal(cropped, whole[:, h:-h, h:-h])
+    assert cropped.shape == (len(spec.names), size - 2 * h, size - 4 - 2 * h)
+    np.testing.assert_allclose(cropped, whole[:, h:-h, h:-h], rtol=1e-5, atol=1e-6)
     valid = np.ones(refl.shape[1:], bool)
-    valid[10, 10] = False  # a masked pixel makes the window take the normalised path
-    assert not np.array_equal(compute_features(refl, spec, valid, crop=h), cropped)
+    valid[h - 5, h - 5] = False  # a masked pixel makes the window take the normalised path
+    masked = compute_features(refl, spec, valid, crop=h)
+    assert not np.allclose(masked, cropped, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(masked, compute_features(refl, spec, valid)[:, h:-h, h:-h], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot crop"):
-        compute_features(refl, spec, crop=23)
+        compute_features(refl, spec, crop=(size - 4) // 2)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -161,8 +178,13 @@ def test_names_match_output_and_round_trip():
     assert FeatureSpec.from_dict(old_card) == FeatureSpec()
     assert "std31_ndvi" in spec.names and "mean3_nir" in spec.names
     texture = FEATURE_PRESETS["texture"]
-    assert texture.names[-2:] == ["rows4_energy", "rows4_anisotropy"] and texture.halo == 21
+    assert texture.names[-4:] == ["rows4_energy", "rows4_anisotropy", "rows4_energy63", "rows4_anisotropy63"]
+    assert texture.halo == 45  # 9 px high-pass, the 4 px period's Gabor radius of 10 px, the 63 px window
     assert FeatureSpec.from_dict(texture.to_dict()) == texture
+    # cards written before texture windows existed averaged over 15 px
+    card = {**texture.to_dict(), "texture": [4.0]}
+    del card["texture_windows"]
+    assert FeatureSpec.from_dict(card).names[-2:] == ["rows4_energy", "rows4_anisotropy"]
 
 
 @pytest.mark.parametrize(
@@ -175,6 +197,8 @@ def test_names_match_output_and_round_trip():
         ({"bands": ("a", "b"), "indices": ("ndvi",)}, "needs band"),
         ({"context": ("nir",), "scales": (3,), "stats": ("max",)}, "unknown statistic"),
         ({"texture": (1.0,)}, "texture periods"),
+        ({"texture": (4.0,), "texture_windows": (16,)}, "texture windows"),
+        ({"texture": (4.0,), "texture_windows": ()}, "texture windows"),
         ({"bands": ("a", "b", "c", "d"), "texture": (4.0,)}, "red and nir"),
     ],
 )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cropseg.config import Config, TrainConfig
-from cropseg.errors import ModelError
+from cropseg.errors import ConfigError, ModelError
 from cropseg.models import load_model, read_card
 from cropseg.testing import write_test_scene
 from cropseg.train import block_groups, sample_pixels, train_from_files
@@ -123,3 +123,18 @@ def test_cli_train_model_options(tmp_path):
     assert read_card(tmp_path / "m")["params"]["rgd_clip"] == 0.5
     res = CliRunner().invoke(app, [str(a) for a in [*args[:7], "--model", "knn", "--reweight", "rgd"]])
     assert res.exit_code == 1 and "gradient-trained" in " ".join(res.output.split())
+
+
+def test_feature_overrides_from_the_config_replace_only_what_they_name():
+    from cropseg.config import FeaturesConfig
+    from cropseg.features import PLANETSCOPE_BANDS, feature_preset
+    from cropseg.train import resolve_features
+
+    preset = feature_preset("texture")
+    assert resolve_features("lgbm", PLANETSCOPE_BANDS) == preset
+    spec = resolve_features("lgbm", PLANETSCOPE_BANDS, FeaturesConfig(texture=(4.0,), texture_windows=(31,)))
+    assert spec.texture == (4.0,) and spec.texture_windows == (31,)
+    assert (spec.indices, spec.context, spec.scales) == (preset.indices, preset.context, preset.scales)
+    assert spec.names[-2:] == ["rows4_energy31", "rows4_anisotropy31"]
+    with pytest.raises(ConfigError, match="context features and scales"):  # the knn preset has no context
+        resolve_features("knn", PLANETSCOPE_BANDS, FeaturesConfig(scales=(5,)))
