@@ -59,6 +59,7 @@ SETS: dict[str, FeatureSpec] = {
     "texture-4-w15-101": _set(texture=(4.0,), windows=(15, 101)),
     "texture-4-w15-31-63": _set(texture=(4.0,), windows=(15, 31, 63)),
     "texture-2.5-4-w15-63": _set(texture=(2.5, 4.0), windows=(15, 63)),  # the `texture` preset
+    "nir-ndvi-3-texture-2.5-4-w15-63": _set(("nir", "ndvi"), (3, 9, 31), texture=(2.5, 4.0), windows=(15, 63)),
     "context63-texture-4": _set(scales=(3, 7, 15, 31, 63), texture=(4.0,)),
     "nir-ndvi-3-texture-4": _set(("nir", "ndvi"), (3, 9, 31), texture=(4.0,)),
 }
