@@ -14,7 +14,7 @@ the whole process tree is summed, polled every 50 ms):
   UDM2 and writes a uint8 band per block to a tiled GeoTIFF, then publishes it as a COG: the
   reading and writing prediction cannot avoid.
 - `predict/MODEL`: the streaming engine (default threads) with the model as `cropseg predict` runs it
-  (refinement as configured by default: on for all but the KNN); `MODEL:on:raw` without the refinement.
+  (refinement as configured by default: on for rf and lgbm); `MODEL:on:raw` without the refinement.
 - `predict+polygons/MODEL` (PSScene size only): prediction, then `polygonize_file`.
 
 Ratios (I/O limit Mpx/s / prediction Mpx/s) are from the same run. Reproduce:

@@ -157,23 +157,33 @@ def row_texture(
     ``mask`` count as zero (as does the outside of the array). ``full`` says that every pixel within reach
     of ``inner`` is valid, so that no window needs normalising (the same values, computed faster).
     """
+    return _row_textures(red_nir, mask, (period,), inner, windows, full)
+
+
+def _row_textures(
+    red_nir: np.ndarray, mask: np.ndarray, periods: tuple[float, ...], inner: tuple[slice, slice],
+    windows: tuple[int, ...], full: bool,
+) -> list[np.ndarray]:
+    """:func:`row_texture` of each of ``periods`` in turn; the high-pass and the window normalisation are shared."""
     if full:
         x = red_nir.astype(np.float32, copy=False)
         x = x - window_mean(x, _HIGHPASS, None)
-        raw = _gabor_energies(x, period)
+        inverses: list[np.ndarray | None] = [None] * len(windows)
     else:
         x = np.where(mask, red_nir, 0).astype(np.float32)
         x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
-        # the mean energy over the window's valid pixels (a response also reaches into masked ones)
-        raw = [np.where(mask, e, 0) for e in _gabor_energies(x, period)]
+        inverses = [inverse_count(mask, window)[inner] for window in windows]
     out: list[np.ndarray] = []
-    for window in windows:
-        inverse = None if full else inverse_count(mask, window)[inner]
-        energies = np.stack([window_mean(e, window, inverse, inner) for e in raw])
-        strongest = energies.max(axis=0)
-        mean = energies.mean(axis=0)
-        anisotropy = np.divide(strongest, mean, out=np.ones_like(strongest), where=mean > 1e-12)
-        out += [np.log(strongest + 1e-10).astype(np.float32), anisotropy.astype(np.float32)]
+    for period in periods:
+        raw = _gabor_energies(x, period)
+        if not full:  # the mean energy over the window's valid pixels (a response also reaches into masked ones)
+            raw = [np.where(mask, e, 0) for e in raw]
+        for window, inverse in zip(windows, inverses, strict=True):
+            energies = np.stack([window_mean(e, window, inverse, inner) for e in raw])
+            strongest = energies.max(axis=0)
+            mean = energies.mean(axis=0)
+            anisotropy = np.divide(strongest, mean, out=np.ones_like(strongest), where=mean > 1e-12)
+            out += [np.log(strongest + 1e-10).astype(np.float32), anisotropy.astype(np.float32)]
     return out
 
 
@@ -435,11 +445,11 @@ def compute_features(
                 i += len(spec.stats)
     if spec.texture:
         red_nir = bands["red"] + bands["nir"]
-        for period in spec.texture:
-            reach = full and crop >= _texture_halo(period, max(spec.texture_windows))
-            for plane in row_texture(red_nir, mask, period, inner, spec.texture_windows, full=reach):
-                out[i] = plane
-                i += 1
+        # every window of every period lies inside the fully valid array
+        reach = full and crop >= _texture_halo(max(spec.texture), max(spec.texture_windows))
+        for plane in _row_textures(red_nir, mask, spec.texture, inner, spec.texture_windows, reach):
+            out[i] = plane
+            i += 1
     return out
 
 
