@@ -74,6 +74,11 @@ from cropseg.jobs import (
 
 log = logging.getLogger("cropseg.serve")
 
+#: Seconds an idle keep-alive connection stays open. Longer than common clients keep theirs (httpx: 5 s), so
+#: that a client never sends a request on a connection the server is closing at that moment (uvicorn's own
+#: default is 5 s, exactly httpx's: under load some requests then met "Server disconnected").
+KEEP_ALIVE_SECONDS = 15
+
 API_KEY_HEADER = "X-API-Key"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _LABEL_SUFFIXES = (".geojson", ".json", ".gpkg", ".tif", ".tiff")
@@ -844,7 +849,7 @@ def run_server(settings: ServeSettings, host: str = "127.0.0.1", port: int = 800
     try:
         uvicorn.run(
             app, host=host, port=port, log_level=log_level, lifespan="on",
-            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds), timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     finally:
         if service.running:
