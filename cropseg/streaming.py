@@ -299,6 +299,16 @@ def open_work_tiff(path: Path, grid: Grid, descriptions: Sequence[str] = (), tag
     return ds
 
 
+def gdal_cache() -> Any:
+    """A rasterio environment with a GDAL block cache of :data:`GDAL_CACHE_MB` (process-wide while it lasts).
+
+    rasterio passes an integer ``GDAL_CACHEMAX`` to GDAL as bytes, so the size is given in bytes: a tile read
+    with its halo spans up to nine blocks, and without the cache every block is decompressed again for
+    each tile that touches it (BENCHMARKS.md, "Throughput").
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)
+
+
 def write_block(ds: Any, array: np.ndarray, window: Window) -> None:
     """Write a (rows, cols) array at ``window`` of a dataset from :func:`open_work_tiff`."""
     ds.write(array[np.newaxis], window=_rio(window))
@@ -306,7 +316,7 @@ def write_block(ds: Any, array: np.ndarray, window: Window) -> None:
 
 def publish_cog(work: Path, out: Path, staging: Path) -> Path:
     """Copy the finished GeoTIFF ``work`` to a COG at ``staging`` (same folder as ``out``), then rename onto ``out``."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with gdal_cache():
         rasterio.shutil.copy(work, staging, driver="COG", **COG_OPTIONS)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, out)
@@ -658,8 +668,7 @@ def predict_jobs(
                 yield i, tile
 
     stream = _dask_stream if execution.scheduler == "dask" else _local_stream
-    env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if threading.current_thread() is threading.main_thread() \
-        else contextlib.nullcontext()
+    env = gdal_cache() if threading.current_thread() is threading.main_thread() else contextlib.nullcontext()
     try:
         with env, stream(ctx, execution, tasks()) as stream_results:
             for i, tile, computed in stream_results:

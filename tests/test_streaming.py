@@ -313,3 +313,14 @@ def test_a_custom_objective_model_compiles_too(setup, tmp_path, monkeypatch):
     fast = accel.accelerate(trained, "on")
     assert isinstance(fast.model, accel.CompiledLGBM)
     np.testing.assert_allclose(fast.predict_proba(refl), trained.predict_proba(refl), rtol=0, atol=1e-6)
+
+
+def test_the_gdal_block_cache_is_megabytes_not_bytes():
+    # rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: 256 meant a 256-byte cache, and every tile
+    # decompressed again each of the up to nine blocks its halo touches
+    from rasterio._env import get_gdal_config
+
+    from cropseg.streaming import GDAL_CACHE_MB, gdal_cache
+
+    with gdal_cache():
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == GDAL_CACHE_MB * 2**20
