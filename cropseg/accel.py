@@ -62,9 +62,9 @@ def _raw_model_text(text: str) -> str:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    from cropseg.models.lgbm import _sigmoid as lgbm_sigmoid
+    from scipy.special import expit
 
-    return np.asarray(lgbm_sigmoid(x), dtype=np.float32)
+    return np.asarray(expit(x), dtype=np.float32)  # one ufunc pass: the model's probability from its raw score
 
 
 class CompiledLGBM:

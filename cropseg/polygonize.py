@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import geopandas as gpd
 import numpy as np
 import shapely
@@ -46,12 +47,11 @@ def denoise(pred: np.ndarray, size: int = 5) -> np.ndarray:
         raise InputError(f"median size must be an odd positive integer, got {size}")
     if size == 1:
         return pred.copy()
-    # the median of 0/1 values in a size x size window is their majority: count the ones with two
-    # separable box sums (exact integers, far faster than a rank filter), edges replicated ("nearest")
-    crop = (pred == CROP).astype(np.uint16)
-    ones = ndimage.correlate1d(crop, np.ones(size, np.uint16), axis=0, mode="nearest")
-    ones = ndimage.correlate1d(ones, np.ones(size, np.uint16), axis=1, mode="nearest")
-    out = np.where(ones > (size * size) // 2, CROP, NONCROP).astype(np.uint8)
+    # the median of 0/1 values in a size x size window is their majority: count the ones with an
+    # unnormalised box filter (exact integer sums, far faster than a rank filter), edges replicated
+    crop = (pred == CROP).view(np.uint8)
+    ones = cv2.boxFilter(crop, cv2.CV_32S, (size, size), normalize=False, borderType=cv2.BORDER_REPLICATE)
+    out = np.where(ones > (size * size) // 2, np.uint8(CROP), np.uint8(NONCROP))
     out[pred == NODATA] = NODATA
     return out
 
