@@ -39,14 +39,13 @@ import pandas as pd
 import shapely
 from rasterio.features import rasterize, shapes
 from scipy import ndimage
-from shapely.geometry import shape
 
 from cropseg import raster_io, vector_io
 from cropseg.config import DWR_CROP_CLASSES
 from cropseg.errors import InputError, InvalidRasterError, LabelError
 from cropseg.grid import Grid
 from cropseg.label import CROP, NODATA, NONCROP, aoi_mask, crop_polygons, rasterize_labels
-from cropseg.polygonize import denoise, polygons_from_mask
+from cropseg.polygonize import denoise, polygons_from_mask, traced_polygon
 from cropseg.raster_io import atomic_path
 
 LOST = "lost"
@@ -154,7 +153,7 @@ def _new_regions(
     geoms = []
     parts: dict[int, list[Any]] = {}
     for geom, value in shapes(regions, mask=regions > 0, transform=grid.transform, connectivity=4):
-        parts.setdefault(int(value), []).append(shape(geom))
+        parts.setdefault(int(value), []).append(traced_polygon(geom))
     for value, polys in parts.items():
         geom = shapely.union_all(polys) if len(polys) > 1 else polys[0]
         area = geom.area * factor

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import geopandas as gpd
@@ -27,7 +28,6 @@ from affine import Affine
 from pyproj import Geod
 from rasterio.features import shapes
 from scipy import ndimage
-from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from cropseg import raster_io, vector_io
@@ -36,6 +36,16 @@ from cropseg.grid import Grid, Window
 from cropseg.label import CROP, NODATA, NONCROP
 from cropseg.progress import ProgressCallback, report
 from cropseg.tiling import inner_slices, intersect, plan_tiles
+
+
+def traced_polygon(geom: dict[str, Any]) -> shapely.Polygon:
+    """A polygon from one GeoJSON-like polygon of ``rasterio.features.shapes``.
+
+    Builds the rings from arrays rather than coordinate by coordinate in Python (as
+    ``shapely.geometry.shape`` does): the same polygon, faster on scenes of thousands of fields.
+    """
+    shell, *holes = (np.asarray(ring, dtype=np.float64) for ring in geom["coordinates"])
+    return shapely.Polygon(shell, holes)
 
 
 def denoise(pred: np.ndarray, size: int = 5) -> np.ndarray:
@@ -97,7 +107,7 @@ def polygons_from_mask(
     """
     crop = pred == CROP
     geoms = [
-        shape(geom)
+        traced_polygon(geom)
         for geom, value in shapes(crop.astype(np.uint8), mask=crop, transform=grid.transform, connectivity=4)
         if value == 1
     ]
@@ -178,7 +188,7 @@ def trace_pieces(
         for geom, value in shapes(
             labels.astype(np.int32), mask=labels > 0, transform=transform, connectivity=4
         ):
-            pieces.append((int(value), shape(geom)))
+            pieces.append((int(value), traced_polygon(geom)))
         next_id += n
     report(progress, "Polygonizing", len(tiles), len(tiles))
 
