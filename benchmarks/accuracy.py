@@ -124,7 +124,7 @@ def run_one(
         label_metrics = _summary(pixel_metrics(pred, truths["labels"])) if "labels" in truths else None
         cover_errors = None
         if "cover" in truths:
-            cover_errors = errors_by_cover(pred, truths["actual"], truths["cover"], truths["cover_names"])
+            cover_errors = errors_by_cover(pred, truths["actual"], truths["cover"], list(truths["cover_names"]))
         mpx = scene.grid.width * scene.grid.height / 1e6
         name = f"{label} + refine" if refine else label
         print(f"  {data:<22} {name:<24} wF1 {metrics['f1_weighted']:.4f} non-crop F1 {metrics['f1_noncrop']:.4f} "

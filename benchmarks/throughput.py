@@ -206,7 +206,7 @@ def main() -> None:
         r = _measure([IO_CODE, str(scene), str(work / "io.tif")])
         record(what="io", scene=scene.name, mpx=px / 1e6, seconds=r["numbers"][0], mpx_s=px / 1e6 / r["numbers"][0],
                peak_mib=r["peak_mib"])
-        return px / 1e6 / r["numbers"][0]
+        return float(px / 1e6 / r["numbers"][0])
 
     def run_predict(scene: Path, px: int, spec: str, mode: str, polygons: bool = False) -> dict[str, Any]:
         kind, acc, refine = (spec.split(":") + ["", ""])[:3]
