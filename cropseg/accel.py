@@ -62,9 +62,9 @@ def _raw_model_text(text: str) -> str:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
+    from cropseg.models.lgbm import raw_to_proba
 
-    return np.asarray(expit(x), dtype=np.float32)  # one ufunc pass: the model's probability from its raw score
+    return raw_to_proba(x)
 
 
 class CompiledLGBM:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from scipy.special import expit
 
 from cropseg.errors import LabelError, ModelError
 from cropseg.models.base import Reweight, logistic_loss, rgd_weights
@@ -72,10 +73,14 @@ def _logloss_metric(raw: bool) -> Callable[[np.ndarray, Any], tuple[str, float, 
     return metric
 
 
+def raw_to_proba(raw: np.ndarray) -> np.ndarray:
+    """Crop probability, float32, from raw scores: one ``expit`` pass (no overflow, nothing to clip)."""
+    return np.asarray(expit(raw), dtype=np.float32)
+
+
 def booster_proba(booster: Any, X: np.ndarray, num_iteration: int | None = None) -> np.ndarray:
     """Crop probability from a booster's raw scores (works for built-in and custom objectives)."""
-    raw = booster.predict(X, raw_score=True, num_iteration=num_iteration)
-    return np.asarray(_sigmoid(np.asarray(raw)), dtype=np.float32)
+    return raw_to_proba(np.asarray(booster.predict(X, raw_score=True, num_iteration=num_iteration)))
 
 
 class LGBMModel:
