@@ -1,10 +1,11 @@
-"""Choosing the guided-filter refinement's radius and eps, on scenes the accuracy benchmark does not use.
+"""Choosing the guided-filter refinement's radius, eps and step, on scenes the accuracy benchmark does not use.
 
 Two pairs of procedural `cropseg synth` scenes (4.5 km, seeds 11 -> 12 and 13 -> 14, label change
 0.1): LightGBM with the library defaults is trained on the first scene of a pair, its crop
-probabilities for the second are refined with each (radius, eps) of the grid, thresholded at the
-model's threshold and scored against the image-year truth. The DWR and Sentinel-2 data of
-benchmarks/accuracy.py stay held out: the chosen setting is then measured there.
+probabilities for the second are refined with each (radius, eps, step) of the grid (with step s,
+the filter gets the probabilities of every s-th pixel of each row and column only, as in
+prediction), thresholded at the model's threshold and scored against the image-year truth. The DWR and
+Sentinel-2 data of benchmarks/accuracy.py stay held out: the chosen setting is then measured there.
 
     python benchmarks/refinement.py [--workdir /tmp/cropseg-bench]
 """
@@ -30,6 +31,7 @@ from cropseg.train import train_from_files  # noqa: E402
 
 RADII = (4, 8, 16, 24, 32)
 EPS = (1e-5, 3e-5, 1e-4, 3e-4)
+STEPS = (1, 2, 4)
 
 
 def weighted_f1(pred: np.ndarray, data: np.ndarray, truth: np.ndarray) -> float:
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
     args = ap.parse_args()
-    scores: dict[tuple[int, float], list[float]] = {}
+    scores: dict[tuple[int, float, int], list[float]] = {}
     base = []
     for src, dst in PROCEDURAL_PAIRS:
         train_dir, eval_dir = procedural_scene(args.workdir, src), procedural_scene(args.workdir, dst)
@@ -54,17 +56,22 @@ def main() -> None:
         proba = predict_proba_window(trained, padded, data, h)
         truth = read(eval_dir / "actual.tif")[0]
         base.append(weighted_f1(proba >= trained.threshold, data, truth))
-        for radius in RADII:
-            for eps in EPS:
-                refined = guided_filter(refl[[2, 3]], proba, data, Refinement(radius, eps))
-                scores.setdefault((radius, eps), []).append(weighted_f1(refined >= trained.threshold, data, truth))
+        for step in STEPS:
+            for radius in RADII:
+                for eps in EPS:
+                    refined = guided_filter(refl[[2, 3]], proba[::step, ::step], data, Refinement(radius, eps, step))
+                    scores.setdefault((radius, eps, step), []).append(
+                        weighted_f1(refined >= trained.threshold, data, truth))
     print(f"no refinement: weighted F1 {' / '.join(f'{b:.4f}' for b in base)} (mean {np.mean(base):.4f})")
-    print("| radius | " + " | ".join(f"eps {e:g}" for e in EPS) + " |")
-    print("|---|" + "---|" * len(EPS))
-    for radius in RADII:
-        print(f"| {radius} | " + " | ".join(f"{np.mean(scores[(radius, e)]):.4f}" for e in EPS) + " |")
-    best = max(scores, key=lambda k: np.mean(scores[k]))
-    print(f"best: radius {best[0]}, eps {best[1]:g}: mean weighted F1 {np.mean(scores[best]):.4f}")
+    print("| step | radius | " + " | ".join(f"eps {e:g}" for e in EPS) + " |")
+    print("|---|---|" + "---|" * len(EPS))
+    for step in STEPS:
+        for radius in RADII:
+            cells = " | ".join(f"{np.mean(scores[(radius, e, step)]):.4f}" for e in EPS)
+            print(f"| {step} | {radius} | {cells} |")
+    for step in STEPS:
+        best = max((k for k in scores if k[2] == step), key=lambda k: np.mean(scores[k]))
+        print(f"best at step {step}: radius {best[0]}, eps {best[1]:g}: mean weighted F1 {np.mean(scores[best]):.4f}")
 
 
 if __name__ == "__main__":

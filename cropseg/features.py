@@ -117,9 +117,11 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
     """|x * g|^2 for the Gabor filters g of this period at 0, 45, 90 and 135 degrees (Gaussian sigma 0.8 period).
 
     Each filter is the product of two 1-D complex filters (a Gaussian times a complex exponential
-    along each axis), so it runs as separable real filters, and the 45 and 135 degree filters share
-    theirs (they differ only in the sign of the horizontal frequency). Their DC response (exp(-2 (0.8 pi)^2),
-    about 3e-6) is left in: the input has its local mean removed.
+    along each axis), so it runs as 1-D passes along the rows and then the columns, and filters
+    that share a pass compute it once: the real and imaginary parts of the 0 (90) degree filter
+    share their Gaussian pass along the columns (rows), and the 45 and 135 degree filters share all
+    of theirs (they differ only in the sign of the horizontal frequency): 12 passes instead of 16.
+    Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the input has its local mean removed.
     """
     sigma = 0.8 * period
     r = _gabor_radius(period)
@@ -128,21 +130,23 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
     w = 2 * np.pi / period
     d = w / math.sqrt(2)
 
-    def sep(along_rows: np.ndarray, along_cols: np.ndarray) -> np.ndarray:
-        return separable_correlate(x, along_rows, along_cols)
-
     def energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:  # re^2 + im^2 in re's memory (fresh pages are slow)
         np.square(re, out=re)
         re += np.square(im, out=im)
         return re
 
     # 0 degrees: oscillation along the rows only
-    e0 = energy(sep(env * np.cos(w * t), env), sep(env * np.sin(w * t), env))
+    down = correlate_1d(x, env, along_rows=False)
+    e0 = energy(correlate_1d(down, env * np.cos(w * t)), correlate_1d(down, env * np.sin(w * t)))
     # 90 degrees: oscillation along the columns only
-    e90 = energy(sep(env, env * np.cos(w * t)), sep(env, env * np.sin(w * t)))
-    # 45 and 135 degrees share their passes: 135 is 45 with the horizontal frequency negated (x-pass c - i s)
+    across = correlate_1d(x, env)
+    e90 = energy(correlate_1d(across, env * np.cos(w * t), along_rows=False),
+                 correlate_1d(across, env * np.sin(w * t), along_rows=False))
+    # 45 and 135 degrees: (c + i s) along both axes; 135 is 45 with the horizontal frequency negated (c - i s)
     c, s_ = env * np.cos(d * t), env * np.sin(d * t)
-    cc, ss, cs, sc = sep(c, c), sep(s_, s_), sep(c, s_), sep(s_, c)
+    rc, rs = correlate_1d(x, c), correlate_1d(x, s_)
+    cc, ss = correlate_1d(rc, c, along_rows=False), correlate_1d(rs, s_, along_rows=False)
+    cs, sc = correlate_1d(rc, s_, along_rows=False), correlate_1d(rs, c, along_rows=False)
     e45 = energy(cc - ss, cs + sc)
     cc += ss
     cs -= sc
@@ -353,13 +357,14 @@ def box_mean(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndar
     return np.asarray(result)
 
 
-def separable_correlate(x: np.ndarray, along_rows: np.ndarray, along_cols: np.ndarray) -> np.ndarray:
-    """Correlate float32 ``x`` (rows, cols) with the outer product of two odd-length 1-D kernels, zeros outside.
+def correlate_1d(x: np.ndarray, kernel: np.ndarray, *, along_rows: bool = True) -> np.ndarray:
+    """Correlate float32 ``x`` (rows, cols) with an odd-length centred 1-D kernel along each row (or column).
 
-    ``along_rows`` runs along each row (over columns), ``along_cols`` along each column; centred kernels.
+    Zeros outside the array. OpenCV's ``filter2D`` with a one-row (one-column) kernel: a 2-D separable
+    filter run as two such passes costs about 0.6 of ``sepFilter2D``, and passes can be shared.
     """
-    return np.asarray(cv2.sepFilter2D(x, -1, along_rows.astype(np.float32), along_cols.astype(np.float32),
-                                      borderType=cv2.BORDER_CONSTANT))
+    k = kernel.astype(np.float32).reshape((1, -1) if along_rows else (-1, 1))
+    return np.asarray(cv2.filter2D(x, -1, k, borderType=cv2.BORDER_CONSTANT))
 
 
 def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
@@ -430,7 +435,7 @@ def local_stats(
 
 
 def compute_features(
-    reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarray | None = None, *, crop: int = 0
+    reflectance: np.ndarray, spec: FeatureSpec, valid: np.ndarray | None = None, *, crop: int = 0, step: int = 1
 ) -> np.ndarray:
     """Features float32 (n_features, rows, cols) from reflectance float32 (bands, rows, cols).
 
@@ -442,15 +447,20 @@ def compute_features(
         crop: return only the features of the pixels at least this far from the edges, i.e.
             (n_features, rows - 2 crop, cols - 2 crop): a tile read with a halo of ``crop`` gets the
             features of the tile proper, computed once (the same values as cropping afterwards).
+        step: return the features of every ``step``-th pixel in each direction only, starting at the
+            first pixel kept: the values of those pixels, computed faster than all of them (the
+            filters still run over every pixel; what follows them runs on the kept ones).
     """
     if reflectance.shape[0] != len(spec.bands):
         raise ValueError(f"expected {len(spec.bands)} bands ({', '.join(spec.bands)}), got {reflectance.shape[0]}")
     _, height, width = reflectance.shape
     if crop < 0 or 2 * crop >= min(height, width):
         raise ValueError(f"cannot crop {crop} px off each side of a {height} x {width} window")
+    if step < 1:
+        raise ValueError(f"the step must be a positive number of pixels, got {step}")
     refl = reflectance.astype(np.float32, copy=False)
-    inner = (slice(crop, height - crop), slice(crop, width - crop))
-    out = np.empty((len(spec.names), height - 2 * crop, width - 2 * crop), np.float32)
+    inner = (slice(crop, height - crop, step), slice(crop, width - crop, step))
+    out = np.empty((len(spec.names), *lattice_shape((height - 2 * crop, width - 2 * crop), step)), np.float32)
     bands = {name: refl[i] for i, name in enumerate(spec.bands)}
     base: dict[str, np.ndarray] = dict(bands)
     i = 0
@@ -488,6 +498,11 @@ def compute_features(
             out[i] = plane
             i += 1
     return out
+
+
+def lattice_shape(shape: tuple[int, ...], step: int) -> tuple[int, int]:
+    """(rows, cols) of every ``step``-th pixel of a (rows, cols) array, the first one included."""
+    return -(-shape[0] // step), -(-shape[1] // step)
 
 
 #: Pixels per block when turning feature planes into rows: a block of rows stays in the CPU cache.

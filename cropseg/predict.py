@@ -61,14 +61,20 @@ def predict_proba_window(
     return out
 
 
-def _pixel_proba(trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int) -> np.ndarray:
-    """A per-pixel model's probabilities of the valid pixels, NaN elsewhere."""
-    rows, cols = valid.shape
+def _pixel_proba(
+    trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int, step: int = 1
+) -> np.ndarray:
+    """A per-pixel model's probabilities of the valid pixels, NaN elsewhere.
+
+    With ``step`` > 1, of every ``step``-th pixel of each row and column of the window only: ``valid``
+    is then that lattice's mask, (ceil(rows / step), ceil(cols / step)).
+    """
+    rows, cols = (n - 2 * halo for n in reflectance.shape[1:])
     # the features of the window proper only (computed from the halo around it), as model-ready rows
     lo = halo - trained.halo
     core = reflectance[:, lo : lo + rows + 2 * trained.halo, lo : lo + cols + 2 * trained.halo]
-    feats = compute_features(core, trained.features, crop=trained.halo)
-    proba = np.full((rows, cols), np.nan, np.float32)
+    feats = compute_features(core, trained.features, crop=trained.halo, step=step)
+    proba = np.full(valid.shape, np.nan, np.float32)
     kept = np.empty(int(np.count_nonzero(valid)), np.float32)
     done = 0
     for block in sample_blocks(feats, valid, trained.sample_dtype, trained.row_block or valid.size):
@@ -97,14 +103,20 @@ def _refined_proba(
     """The model's probabilities of the window and a margin around it, refined by the guided filter.
 
     The filter weighs every pixel holding data (not the UDM2: a margin pixel's usability is not
-    known here), in the window and the margin alike, so that tiles equal the whole image.
+    known here), in the window and the margin alike, so that tiles equal the whole image. A per-pixel
+    model classifies only the pixels of the filter's lattice (every ``refinement.step``-th).
     """
     margin = refinement.halo
     lo = halo - margin
     region = reflectance[:, lo : lo + rows + 2 * margin, lo : lo + cols + 2 * margin]
     data = data_mask(region)
     raw = replace(trained, refine=None)
-    proba = predict_proba_window(raw, reflectance, data, lo)  # NaN where no data: the filter ignores those
+    step = refinement.step
+    # NaN where no data: the filter ignores those
+    if raw.is_image_model:
+        proba = predict_proba_window(raw, reflectance, data, lo)[::step, ::step]
+    else:
+        proba = _pixel_proba(raw, reflectance, data[::step, ::step], lo, step)
     bands = trained.features.bands
     guide = region[[bands.index("red"), bands.index("nir")]]
     refined = guided_filter(guide, proba, data, refinement)
@@ -119,7 +131,7 @@ def with_refinement(trained: TrainedModel, config: PredictConfig) -> TrainedMode
     if "red" not in bands or "nir" not in bands:
         raise ConfigError(f"refinement needs red and NIR bands; the model's bands are {', '.join(bands)}. "
                           "Turn it off with --no-refine")
-    return replace(trained, refine=Refinement(config.refine_radius, config.refine_eps))
+    return replace(trained, refine=Refinement(config.refine_radius, config.refine_eps, config.refine_step))
 
 
 def predict_window(trained: TrainedModel, reflectance: np.ndarray, valid: np.ndarray, halo: int = 0) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import io
@@ -35,8 +36,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import threading
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -207,8 +210,38 @@ def _rio(window: Window) -> RioWindow:
     return RioWindow(window.col_off, window.row_off, window.width, window.height)
 
 
+#: glibc ``mallopt`` settings of :func:`keep_heap_memory`: arrays up to 32 MiB (the most glibc allows) come
+#: from the heap, and up to 64 MiB of freed heap memory is kept for the next tile.
+_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1
+MALLOC_SETTINGS: dict[int, int] = {_M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20}
+_MALLOC_TUNED = False
+
+
+def keep_heap_memory() -> bool:
+    """Let glibc's malloc reuse the memory of a tile's freed arrays for the next tile (once per process).
+
+    By default glibc gives arrays over 128 KiB their own fresh pages from the OS and hands freed
+    memory back, so every tile's dozens of feature-sized temporaries page-fault anew: about a third
+    of the time of the features (BENCHMARKS.md, "Throughput"). Returns whether the settings were
+    made: not on other C libraries, nor when the user set ``MALLOC_*`` variables of their own.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return False
+    _MALLOC_TUNED = True
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc (e.g. musl)
+        return False
+    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())
+
+
 def predict_tile(ctx: _Context, job: int, tile: Tile) -> TileOutput:
     """Predict one tile of scene ``job``: (uint8 core array, data pixels, valid pixels, crop pixels)."""
+    if not _MALLOC_TUNED:
+        keep_heap_memory()
     scene = ctx.scenes[job]
     image = _dataset(scene.image)
     core = tile.core
@@ -286,10 +319,13 @@ def job_fingerprint(
 
 
 def open_work_tiff(path: Path, grid: Grid, descriptions: Sequence[str] = (), tags: dict[str, str] | None = None) -> Any:
-    """Create a tiled uint8 GeoTIFF (nodata 255, 512 px blocks) to fill window by window; return it open."""
+    """Create a tiled uint8 GeoTIFF (nodata 255, 512 px blocks) to fill window by window; return it open.
+
+    Deflated at level 1: it is a working file, compressed again when published as a COG.
+    """
     ds = rasterio.open(
         path, "w", driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint8",
-        crs=grid.crs.to_wkt(), transform=grid.transform, nodata=NODATA, compress="deflate", predictor=2,
+        crs=grid.crs.to_wkt(), transform=grid.transform, nodata=NODATA, compress="deflate", zlevel=1,
         BIGTIFF="IF_SAFER", tiled=True, blockxsize=OUT_BLOCK, blockysize=OUT_BLOCK,
     )
     for i, d in enumerate(descriptions, start=1):
@@ -297,6 +333,21 @@ def open_work_tiff(path: Path, grid: Grid, descriptions: Sequence[str] = (), tag
     if tags:
         ds.update_tags(**tags)
     return ds
+
+
+def journal_record(**arrays: np.ndarray) -> bytes:
+    """An ``.npz`` of ``arrays`` (what ``np.load`` reads), deflated at level 1.
+
+    ``np.savez_compressed`` deflates at zlib's default level 6, about three times the CPU for a
+    class mask that level 1 already shrinks well; a journal record is written for every tile, on
+    the thread that writes the output.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 def gdal_cache() -> Any:
@@ -435,10 +486,8 @@ class _Output:
         pred, n_data, n_valid, n_crop = output
         self._put(tile.core, pred)
         if record:
-            buf = io.BytesIO()
-            np.savez_compressed(buf, pred=pred, stats=np.asarray([n_data, n_valid, n_crop], np.int64))
             tmp = self.tiles_dir / f".{tile.index:06d}.tmp"
-            tmp.write_bytes(buf.getvalue())
+            tmp.write_bytes(journal_record(pred=pred, stats=np.asarray([n_data, n_valid, n_crop], np.int64)))
             os.replace(tmp, self.tiles_dir / f"{tile.index:06d}.npz")
         self.result.data_pixels += n_data
         self.result.valid_pixels += n_valid
@@ -585,11 +634,11 @@ def _dask_stream(ctx: _Context, execution: Execution, tasks: Iterator[tuple[int,
 
 
 def model_halo(trained: Any) -> tuple[int, int]:
-    """(halo, stride) a model needs: its features' halo, or an image model's receptive field."""
+    """(halo, stride) a model needs: its features' halo, or an image model's receptive field, and its refinement's."""
     halo = int(trained.features.halo) if hasattr(trained, "features") else 0
     model = getattr(trained, "model", None)
     halo = max(halo, int(getattr(trained, "halo", 0) or 0), int(getattr(model, "halo", 0) or 0))
-    stride = max(1, int(getattr(model, "stride", 1) or 1))
+    stride = max(1, int(getattr(trained, "stride", 0) or getattr(model, "stride", 1) or 1))
     return round_up(halo, stride), stride
 
 

@@ -216,7 +216,7 @@ def test_unet_refined_tiled_matches_whole(unet):
     trained, _, _, refl, labels = unet
     refined = dataclasses.replace(trained, refine=Refinement(radius=8))
     h = refined.halo
-    assert h == trained.halo + 16
+    assert h == trained.halo + 18
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
     valid = np.ones(labels.shape, bool)
     whole = predict_proba_window(refined, padded, valid, h)

@@ -8,7 +8,7 @@ from cropseg.errors import ConfigError
 from cropseg.features import FEATURE_PRESETS, FeatureSpec, compute_features, to_samples
 from cropseg.models import KNNModel, LGBMModel, TrainedModel, UNetModel
 from cropseg.predict import predict_proba_window, with_refinement
-from cropseg.refine import Refinement, guided_filter
+from cropseg.refine import Refinement, guided_filter, upsample
 from cropseg.testing import predict_tiled
 
 
@@ -25,10 +25,11 @@ def _two_fields(seed=0, shape=(48, 60)):
     return guide, proba, left
 
 
-def test_refinement_removes_speckle_and_keeps_field_edges():
+@pytest.mark.parametrize(("radius", "step"), [(4, 1), (8, 2)])  # the exact filter, and the default fast one
+def test_refinement_removes_speckle_and_keeps_field_edges(radius, step):
     guide, proba, left = _two_fields()
     data = np.ones(left.shape, bool)
-    refined = guided_filter(guide, proba, data, Refinement(radius=4, eps=1e-5))
+    refined = guided_filter(guide, proba[::step, ::step], data, Refinement(radius=radius, eps=1e-5, step=step))
     before = np.mean((proba >= 0.5) != left)
     after = np.mean((refined >= 0.5) != left)
     assert before > 0.1 and after < 0.02
@@ -38,26 +39,61 @@ def test_refinement_removes_speckle_and_keeps_field_edges():
     assert refined.dtype == np.float32 and refined.min() >= 0 and refined.max() <= 1
 
 
-def test_nodata_does_not_pull_probabilities_down():
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_nodata_does_not_pull_probabilities_down(step):
     guide, _, left = _two_fields()
     proba = np.full(left.shape, 0.9, np.float32)
     data = np.ones(left.shape, bool)
-    data[:, :10] = False
+    data[:, :11] = False
     proba[~data] = np.nan  # what the model gives there
-    refined = guided_filter(guide, proba, data, Refinement(radius=4, eps=1e-5))
+    refined = guided_filter(guide, proba[::step, ::step], data, Refinement(radius=4, eps=1e-5, step=step))
     np.testing.assert_allclose(refined[data], 0.9, atol=1e-3)
 
 
+def test_upsample_interpolates_between_lattice_pixels():
+    rng = np.random.default_rng(0)
+    low = rng.random((6, 7)).astype(np.float32)
+    full = upsample(low, (11, 13), 2)
+    assert full.shape == (11, 13) and full.dtype == np.float32
+    np.testing.assert_array_equal(full[::2, ::2], low)  # the lattice keeps its values
+    np.testing.assert_allclose(full[1::2, ::2], (low[:-1] + low[1:]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(full[::2, 1::2], (low[:, :-1] + low[:, 1:]) / 2, rtol=1e-6)
+    # a linear ramp stays linear, and beyond the last lattice pixel its value is kept
+    ramp = upsample(np.tile(np.arange(5, dtype=np.float32) * 3, (2, 1)), (4, 14), 3)
+    np.testing.assert_allclose(ramp[0], [*range(13), 12], rtol=1e-6)
+    # a window starting on the lattice gets the same numbers as the whole array
+    np.testing.assert_array_equal(upsample(low[2:, 3:], (7, 7), 2), full[4:, 6:])
+
+
+def test_fast_filter_is_close_to_the_exact_one():
+    guide, proba, left = _two_fields(seed=1, shape=(64, 80))
+    data = np.ones(left.shape, bool)
+    exact = guided_filter(guide, proba, data, Refinement(radius=8, step=1))
+    fast = guided_filter(guide, proba[::2, ::2], data, Refinement(radius=8, step=2))
+    assert np.mean((exact >= 0.5) != (fast >= 0.5)) < 0.01
+    assert np.abs(exact - fast).mean() < 0.02
+
+
 def test_refinement_settings_are_checked():
-    assert Refinement(radius=5).halo == 10
+    assert Refinement(radius=5, step=1).halo == 10
+    assert Refinement(radius=8).halo == 18  # step 2: 2 * 4 lattice px of fits and their means, 2 px interpolation
+    assert Refinement(radius=8, step=4).halo == Refinement(radius=8, step=4).step * 5
     with pytest.raises(ConfigError, match="radius"):
         Refinement(radius=0)
     with pytest.raises(ConfigError, match="eps"):
         Refinement(eps=0.0)
+    with pytest.raises(ConfigError, match="step"):
+        Refinement(radius=4, step=5)
+    with pytest.raises(ConfigError, match="step"):
+        Refinement(step=0)
     with pytest.raises(ValueError, match="guide"):
         guided_filter(np.zeros((4, 5, 5)), np.zeros((5, 5)), np.ones((5, 5), bool))
+    with pytest.raises(ValueError, match="lattice of step 2"):
+        guided_filter(np.zeros((2, 5, 5)), np.zeros((5, 5)), np.ones((5, 5), bool))
     with pytest.raises(ConfigError, match="refine"):
         PredictConfig(refine="maybe")
+    with pytest.raises(ConfigError, match="refine_step"):
+        PredictConfig(refine_step=0)
     assert Config.from_dict({"predict": {"refine": "off"}}).predict.refine == "off"
 
 
@@ -82,11 +118,12 @@ def lgbm_on_fields():
     return TrainedModel(model=model, features=spec), refl, crop
 
 
-def test_refined_tiles_equal_the_whole_image(lgbm_on_fields):
+@pytest.mark.parametrize(("step", "extra"), [(1, 6), (2, 10)])
+def test_refined_tiles_equal_the_whole_image(lgbm_on_fields, step, extra):
     raw, refl, crop = lgbm_on_fields
-    trained = dataclasses.replace(raw, refine=Refinement(radius=3, eps=3e-5))
+    trained = dataclasses.replace(raw, refine=Refinement(radius=3, eps=3e-5, step=step))
     h = trained.halo
-    assert h == raw.halo + 6
+    assert h == raw.halo + extra and trained.stride == step
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
     valid = np.ones(crop.shape, bool)
     valid[5:9, 30:50] = False  # cloud: no output there, but the filter still sees the image

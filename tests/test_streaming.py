@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from cropseg.config import Config, TrainConfig
+from cropseg.config import Config, PredictConfig, TrainConfig
 from cropseg.errors import InputError, OutputError
 from cropseg.features import FeatureSpec
 from cropseg.grid import Window
 from cropseg.label import NODATA
 from cropseg.models import load_model
-from cropseg.predict import predict_scene, predict_window
+from cropseg.predict import predict_scene, predict_window, with_refinement
 from cropseg.scene import open_scene
 from cropseg.streaming import Execution, PredictJob, partial_folder, predict_jobs
 from cropseg.testing import make_grid, write_test_scene
@@ -220,18 +220,21 @@ def toy_window(trained, reflectance, valid, halo):
     return out
 
 
-@pytest.mark.parametrize("kind", ["pixel", "image"])
+@pytest.mark.parametrize("kind", ["pixel", "refined", "image"])
 def test_tiled_prediction_equals_the_whole_image_at_once(setup, tmp_path, kind):
     tmp, files = setup
     scene = open_scene(files["image"])
-    trained = load_model(tmp / "model") if kind == "pixel" else _ToyTrained()
-    window_fn = predict_window if kind == "pixel" else toy_window
-    halo = trained.halo if kind == "pixel" else 8  # the default model has context features: a 15 px halo
+    trained = _ToyTrained() if kind == "image" else load_model(tmp / "model")
+    if kind == "refined":  # classifies every second pixel: tiles start on even pixels (13 is rounded to 14)
+        trained = with_refinement(trained, PredictConfig(refine="on"))
+        assert trained.stride == 2
+    window_fn = toy_window if kind == "image" else predict_window
+    halo = 8 if kind == "image" else trained.halo  # the default model has context features: a 15 px halo
     refl = scene.read_reflectance()
     valid = scene.read_valid()
     padded = cut(refl, Window(-halo, -halo, 96 + 2 * halo, 80 + 2 * halo))
     whole = window_fn(trained, padded, valid, halo)
-    for tile_size in (8, 12, 40):
+    for tile_size in (8, 13, 40):
         predict_jobs(trained, [PredictJob(scene, tmp_path / f"{tile_size}.tif")], window_fn, tile_size=tile_size)
         with rasterio.open(tmp_path / f"{tile_size}.tif") as ds:
             assert np.array_equal(ds.read(1), whole), tile_size
@@ -324,3 +327,20 @@ def test_the_gdal_block_cache_is_megabytes_not_bytes():
 
     with gdal_cache():
         assert int(get_gdal_config("GDAL_CACHEMAX")) == GDAL_CACHE_MB * 2**20
+
+
+def test_freed_tile_memory_stays_in_the_heap(monkeypatch):
+    import platform
+
+    from cropseg import streaming
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt settings are for glibc only")
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(streaming, "_MALLOC_TUNED", False)
+    assert streaming.keep_heap_memory()  # glibc took every setting
+    assert not streaming.keep_heap_memory()  # once per process
+    monkeypatch.setattr(streaming, "_MALLOC_TUNED", False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user tunes malloc: leave it alone
+    assert not streaming.keep_heap_memory()

@@ -15,6 +15,7 @@ unexpected types; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,9 @@ class TrainedModel:
 
     @property
     def stride(self) -> int:
-        """Window offsets must be multiples of this (1 for per-pixel models)."""
-        return self.model.stride if isinstance(self.model, UNetModel) else 1
+        """Window offsets must be multiples of this: a U-Net's down-sampling, the refinement's lattice step."""
+        net = self.model.stride if isinstance(self.model, UNetModel) else 1
+        return math.lcm(net, self.refine.step if self.refine else 1)
 
     @property
     def sample_dtype(self) -> Any:
