@@ -8,7 +8,10 @@ the DWR test AOI, and the reverse); the features of a 1024 x 1024 px window of t
 computed from the window and its halo (timed: "features"), and the model's ``predict_proba``
 classifies them block by block as streaming prediction feeds it (the same row blocks and dtype;
 timed: "classify"), on one thread (OpenMP, joblib and OpenCV limited to one; the streaming engine runs
-one such worker per core). Best of ``--repeats``; every row ran in the same invocation.
+one such worker per core). The last row of each direction is the default as `cropseg predict` runs it,
+refinement included (the compiled trees classify every second pixel of each row and column, the guided
+filter fills in the rest): `predict_proba_window` over the window, timed as a whole ("features +
+classify"). Best of ``--repeats``; every row ran in the same invocation.
 
     python benchmarks/model_speed.py [--workdir /tmp/cropseg-bench] [--repeats 3]
 """
@@ -29,13 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import DWR, dwr_scenes  # noqa: E402
 from cropseg import accel  # noqa: E402
+from cropseg.config import PredictConfig  # noqa: E402
 from cropseg.features import compute_features, sample_blocks  # noqa: E402
+from cropseg.predict import predict_proba_window, with_refinement  # noqa: E402
 from cropseg.scene import open_scene  # noqa: E402
 from cropseg.train import train_from_files  # noqa: E402
 
 #: (row label, model kind, compile the trees with lleaves)
 ROWS = (("KNN reference", "knn", False), ("random forest", "rf", False), ("LightGBM", "lgbm", False),
         ("LightGBM, compiled", "lgbm", True))
+DEFAULT_ROW = "LightGBM, compiled + refined (default)"
 WINDOW = 1024
 MAX_HALO = 64  # px of reflectance read around the window (at least any model's feature halo)
 
@@ -70,6 +76,23 @@ def features_mpx_s(trained: Any, refl: np.ndarray, repeats: int) -> tuple[np.nda
     return features, WINDOW * WINDOW / best / 1e6
 
 
+def pipeline_mpx_s(trained: Any, refl: np.ndarray, repeats: int) -> float:
+    """Best single-thread Mpx/s of ``predict_proba_window`` (features, classification, refinement) on the window."""
+    halo = trained.halo
+    if halo > MAX_HALO:
+        raise SystemExit(f"{DEFAULT_ROW}: halo {halo} > MAX_HALO {MAX_HALO}")
+    cut = MAX_HALO - halo
+    window = refl[:, cut : refl.shape[1] - cut, cut : refl.shape[2] - cut]
+    valid = np.ones((WINDOW, WINDOW), bool)
+    best = np.inf
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predict_proba_window(trained, window, valid, halo)
+            best = min(best, time.perf_counter() - start)
+    return WINDOW * WINDOW / best / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
@@ -102,6 +125,11 @@ def main() -> None:
             knn = knn or (speed, both)
             print(f"| DWR {src}->{dst} | {label} | {features.shape[0]} | {feat_speed:.2f} | {speed:.3f} | {both:.3f} "
                   f"| {speed / knn[0]:.1f} | {both / knn[1]:.1f} |", flush=True)
+        assert knn is not None
+        default = accel.accelerate(with_refinement(models["lgbm"], PredictConfig()), "on")
+        whole = pipeline_mpx_s(default, refl, args.repeats)
+        print(f"| DWR {src}->{dst} | {DEFAULT_ROW} | {len(default.features.names)} | | | {whole:.3f} | "
+              f"| {whole / knn[1]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
