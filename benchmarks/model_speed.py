@@ -11,7 +11,8 @@ timed: "classify"), on one thread (OpenMP, joblib and OpenCV limited to one; the
 one such worker per core). The last row of each direction is the default as `cropseg predict` runs it,
 refinement included (the compiled trees classify every second pixel of each row and column, the guided
 filter fills in the rest): `predict_proba_window` over the window, timed as a whole ("features +
-classify"). Best of ``--repeats``; every row ran in the same invocation.
+classify"). Memory is managed as in prediction (`streaming.keep_heap_memory`: freed arrays stay in the
+heap). Best of ``--repeats``; every row ran in the same invocation.
 
     python benchmarks/model_speed.py [--workdir /tmp/cropseg-bench] [--repeats 3]
 """
@@ -36,6 +37,7 @@ from cropseg.config import PredictConfig  # noqa: E402
 from cropseg.features import compute_features, sample_blocks  # noqa: E402
 from cropseg.predict import predict_proba_window, with_refinement  # noqa: E402
 from cropseg.scene import open_scene  # noqa: E402
+from cropseg.streaming import keep_heap_memory  # noqa: E402
 from cropseg.train import train_from_files  # noqa: E402
 
 #: (row label, model kind, compile the trees with lleaves)
@@ -100,6 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     scenes = dwr_scenes(args.workdir, change_rate=0.1)
     cv2.setNumThreads(1)
+    keep_heap_memory()
     print("| data | model | features | features Mpx/s | classify Mpx/s | features + classify Mpx/s | classify x KNN "
           "| features + classify x KNN |")
     print("|---|---|---|---|---|---|---|---|")

@@ -12,6 +12,7 @@ from cropseg.features import (
     compute_features,
     data_mask,
     feature_preset,
+    lattice_shape,
     local_stats,
     row_texture,
     to_samples,
@@ -154,6 +155,13 @@ def test_cropped_features_equal_cropping_afterwards(nodata, preset, size):
     np.testing.assert_allclose(masked, compute_features(refl, spec, valid)[:, h:-h, h:-h], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot crop"):
         compute_features(refl, spec, crop=(size - 4) // 2)
+    # every step-th pixel only: the same values as those pixels of the full result
+    for step in (2, 3):
+        sparse = compute_features(refl, spec, valid, crop=h, step=step)
+        assert sparse.shape == (len(spec.names), *lattice_shape(masked.shape[1:], step))
+        np.testing.assert_array_equal(sparse, masked[:, ::step, ::step])
+    with pytest.raises(ValueError, match="step"):
+        compute_features(refl, spec, crop=h, step=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
