@@ -8,15 +8,15 @@ as a field border: in every window of radius ``r`` the output is a local linear 
 image bands fitted to the probabilities by ridge regression (regulariser ``eps``), and each
 pixel averages the fits of the windows that contain it. The pixels of one field thereby vote
 together without a segmentation, and the result is a local operator: every output pixel depends
-only on pixels at most ``2 r`` away, so tiles read with that halo give the same result as the
-whole image, which keeps streaming prediction seamless.
+only on pixels at most :attr:`Refinement.halo` away (``2 r`` for the exact filter), so tiles read
+with that halo give the same result as the whole image, which keeps streaming prediction seamless.
 
 With ``step`` > 1 the model classifies only every ``step``-th pixel in each direction (a quarter
 of them at the default 2), the local fits are made on that lattice with the radius scaled down,
 and their window averages are interpolated linearly to every pixel before being applied to the
 full-resolution image: the "fast guided filter" of He and Sun (arXiv:1505.00996, 2015). The image
 still decides where an edge runs, to the pixel. Measured in benchmarks/refinement.py: the same
-accuracy as refining every pixel, at well under half the classification work.
+accuracy as refining every pixel (within 0.0006 weighted F1), for a quarter of the classification.
 
 Pure functions on arrays. Window means are taken over pixels holding data only (normalised
 box filters), so nodata outside the image or the AOI does not pull probabilities down.
