@@ -254,8 +254,7 @@ def trim_heap() -> None:
 
 def predict_tile(ctx: _Context, job: int, tile: Tile) -> TileOutput:
     """Predict one tile of scene ``job``: (uint8 core array, data pixels, valid pixels, crop pixels)."""
-    if not _MALLOC_TUNED:
-        keep_heap_memory()
+    keep_heap_memory()  # once per process: threads, processes and Dask workers all come through here
     scene = ctx.scenes[job]
     image = _dataset(scene.image)
     core = tile.core
