@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,34 +49,48 @@ WINDOW = 1024
 MAX_HALO = 64  # px of reflectance read around the window (at least any model's feature halo)
 
 
+def best_seconds(run: Callable[[], Any], repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``run``, on one thread (OpenMP and BLAS limited to one)."""
+    best = np.inf
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+    return float(best)
+
+
+def with_halo(refl: np.ndarray, halo: int) -> np.ndarray:
+    """The window of ``refl`` (which has MAX_HALO px around it) with ``halo`` px of context."""
+    cut = MAX_HALO - halo
+    return refl[:, cut : refl.shape[1] - cut, cut : refl.shape[2] - cut]
+
+
 def classify_mpx_s(trained: Any, features: np.ndarray, repeats: int) -> float:
     """Best of ``repeats`` single-thread passes of the model over all pixels of ``features``, in Mpx/s."""
     valid = np.ones(features.shape[1:], bool)
     model = trained.model
     if hasattr(model, "estimator"):
         model.estimator.n_jobs = 1  # scikit-learn: no joblib workers
-    best = np.inf
-    with threadpool_limits(1):
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for block in sample_blocks(features, valid, trained.sample_dtype, trained.row_block or valid.size):
-                trained.predict_proba(block)
-            best = min(best, time.perf_counter() - start)
-    return valid.size / best / 1e6
+
+    def run() -> None:
+        for block in sample_blocks(features, valid, trained.sample_dtype, trained.row_block or valid.size):
+            trained.predict_proba(block)
+
+    return valid.size / best_seconds(run, repeats) / 1e6
 
 
 def features_mpx_s(trained: Any, refl: np.ndarray, repeats: int) -> tuple[np.ndarray, float]:
     """The features of the window inside ``refl``'s halo, and the best single-thread Mpx/s of computing them."""
     halo = trained.features.halo
-    best, features = np.inf, np.empty(0)
-    with threadpool_limits(1):
-        for _ in range(repeats):
-            start = time.perf_counter()
-            features = compute_features(refl[:, MAX_HALO - halo : refl.shape[1] - MAX_HALO + halo,
-                                             MAX_HALO - halo : refl.shape[2] - MAX_HALO + halo],
-                                        trained.features, crop=halo)
-            best = min(best, time.perf_counter() - start)
-    return features, WINDOW * WINDOW / best / 1e6
+    window = with_halo(refl, halo)
+    out: list[np.ndarray] = []
+
+    def run() -> None:
+        out[:] = [compute_features(window, trained.features, crop=halo)]
+
+    seconds = best_seconds(run, repeats)
+    return out[0], WINDOW * WINDOW / seconds / 1e6
 
 
 def pipeline_mpx_s(trained: Any, refl: np.ndarray, repeats: int) -> float:
@@ -83,16 +98,8 @@ def pipeline_mpx_s(trained: Any, refl: np.ndarray, repeats: int) -> float:
     halo = trained.halo
     if halo > MAX_HALO:
         raise SystemExit(f"{DEFAULT_ROW}: halo {halo} > MAX_HALO {MAX_HALO}")
-    cut = MAX_HALO - halo
-    window = refl[:, cut : refl.shape[1] - cut, cut : refl.shape[2] - cut]
-    valid = np.ones((WINDOW, WINDOW), bool)
-    best = np.inf
-    with threadpool_limits(1):
-        for _ in range(repeats):
-            start = time.perf_counter()
-            predict_proba_window(trained, window, valid, halo)
-            best = min(best, time.perf_counter() - start)
-    return WINDOW * WINDOW / best / 1e6
+    window, valid = with_halo(refl, halo), np.ones((WINDOW, WINDOW), bool)
+    return WINDOW * WINDOW / best_seconds(lambda: predict_proba_window(trained, window, valid, halo), repeats) / 1e6
 
 
 def main() -> None:
