@@ -26,7 +26,7 @@ equal whole-image results (up to the last bit of float32 rounding of the window 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -175,18 +175,21 @@ def _row_textures(
     if full:
         x = red_nir.astype(np.float32, copy=False)
         x = x - window_mean(x, _HIGHPASS, None)
-        inverses: list[np.ndarray | None] = [None] * len(windows)
+        inverses: Sequence[np.ndarray | None] = [None] * len(windows)
     else:
         x = np.where(mask, red_nir, 0).astype(np.float32)
         x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
-        inverses = [inverse_count(mask, window)[inner] for window in windows]
+        inverses = _inverse_counts(mask, windows, inner)
     out: list[np.ndarray] = []
     for period in periods:
         raw = _gabor_energies(x, period)
         if not full:  # the mean energy over the window's valid pixels (a response also reaches into masked ones)
             raw = [np.where(mask, e, 0) for e in raw]
-        for window, inverse in zip(windows, inverses, strict=True):
-            first, *rest = (window_mean(e, window, inverse, inner) for e in raw)
+        by_window = zip(*(box_means(e, windows, inner) for e in raw), strict=True)
+        for inverse, (first, *rest) in zip(inverses, by_window, strict=True):
+            if inverse is not None:
+                for e in (first, *rest):
+                    e *= inverse
             strongest, mean = first.copy(), first
             for e in rest:
                 np.maximum(strongest, e, out=strongest)
@@ -372,8 +375,14 @@ def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
 
     Pixels beyond the array count as invalid. With :func:`window_mean`, it gives means over valid pixels only.
     """
-    count = box_mean(valid.astype(np.float32), size)
-    return np.asarray(np.divide(1.0, count, out=np.zeros_like(count), where=count > 1e-6))
+    return _inverse_counts(valid, (size,))[0]
+
+
+def _inverse_counts(valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> list[
+        np.ndarray]:
+    """:func:`inverse_count` for each of ``sizes``, on ``inner``."""
+    counts = box_means(valid.astype(np.float32), sizes, inner)
+    return [np.asarray(np.divide(1.0, c, out=np.zeros_like(c), where=c > 1e-6)) for c in counts]
 
 
 def window_mean(
@@ -392,20 +401,57 @@ def window_mean(
     return mean
 
 
-def _stats_into(
-    out: dict[str, np.ndarray], xw: np.ndarray, xw2: np.ndarray, inv: np.ndarray | None, size: int,
-    inner: tuple[slice, slice], scratch: tuple[np.ndarray, np.ndarray] | None = None,
-) -> None:
-    """Write the window mean and/or standard deviation of ``xw`` into the arrays of ``out`` (by statistic).
+def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> list[np.ndarray]:
+    """:func:`box_mean` of float32 ``x`` for each of ``sizes``, on ``inner``: fresh float32 arrays.
 
-    ``scratch``: two float32 arrays of ``xw``'s shape for the window sums (default: fresh ones).
+    Where ``inner`` keeps only every second (or more) pixel and every window lies inside ``x``, the
+    sums come from one integral image (double precision) read at the kept pixels' window corners: for
+    several sizes at once this is cheaper than filtering every pixel once per size, and the values
+    are the same to float32 rounding. Otherwise each size is one OpenCV box filter.
     """
-    a, b = scratch or (None, None)
-    mean = window_mean(xw, size, inv, inner, a)
+    rows, cols = inner
+    reach = max(sizes) // 2
+    if (rows.step or 1) == 1 or not _within(rows, x.shape[0], reach) or not _within(cols, x.shape[1], reach):
+        return [box_mean(x, size)[inner] for size in sizes]
+    integral = cv2.integral(x, sdepth=cv2.CV_64F)
+    out = []
+    for size in sizes:
+        r = size // 2
+        below, above = integral[_shifted(rows, r + 1)], integral[_shifted(rows, -r)]
+        lo, hi = _shifted(cols, -r), _shifted(cols, r + 1)
+        total = below[:, hi] - below[:, lo]
+        total -= above[:, hi]
+        total += above[:, lo]
+        total *= 1.0 / (size * size)
+        out.append(total.astype(np.float32))
+    return out
+
+
+def _within(s: slice, length: int, reach: int) -> bool:
+    """Whether every index of ``s`` (explicit start and stop) is at least ``reach`` from both ends of ``length``."""
+    return s.start is not None and s.stop is not None and s.start >= reach and s.stop + reach <= length
+
+
+def _shifted(s: slice, by: int) -> slice:
+    return slice(s.start + by, s.stop + by, s.step)
+
+
+def _stats_into(
+    out: dict[str, np.ndarray], mean: np.ndarray, sq: np.ndarray | None, inv: np.ndarray | None
+) -> None:
+    """Write the window mean and/or standard deviation into the arrays of ``out`` (by statistic).
+
+    ``mean`` and ``sq``: window means of the values and of their squares over all pixels (zero where
+    invalid), scaled by ``inv`` (:func:`inverse_count`) to means over valid pixels when it is given.
+    """
+    if inv is not None:
+        mean *= inv
     if "mean" in out:
         out["mean"][...] = mean
     if "std" in out:
-        sq = window_mean(xw2, size, inv, inner, b)
+        assert sq is not None
+        if inv is not None:
+            sq *= inv
         var = np.subtract(sq, np.square(mean, out=mean), out=out["std"])
         # float32 cancellation leaves rounding noise (~1e-7 sq) where a window is uniform: make that exactly 0
         np.putmask(var, var <= np.multiply(sq, 1e-5, out=sq), 0.0)
@@ -430,7 +476,7 @@ def local_stats(
     """
     xw = np.where(valid, x, 0).astype(np.float32)
     out = {s: np.empty(x.shape, np.float32) for s in stats}
-    _stats_into(out, xw, xw * xw, inverse_count(valid, size), size, _EVERYWHERE)
+    _stats_into(out, box_mean(xw, size), box_mean(xw * xw, size), inverse_count(valid, size))
     return out
 
 
@@ -478,17 +524,16 @@ def compute_features(
         full = bool(mask.all())
     if spec.context:
         # windows that lie wholly inside a fully valid array need no normalisation (the count is exactly 1)
-        inverse = {
-            scale: None if full and crop >= scale // 2 else inverse_count(mask, scale)[inner]
-            for scale in spec.scales
-        }
-        scratch = (np.empty((height, width), np.float32), np.empty((height, width), np.float32))
+        scales = tuple(spec.scales)
+        inverse = (
+            [None] * len(scales) if full and crop >= max(scales) // 2 else _inverse_counts(mask, scales, inner)
+        )
         for name in spec.context:
             xw = base[name] if full else np.where(mask, base[name], 0).astype(np.float32)
-            xw2 = xw * xw if "std" in spec.stats else xw
-            for scale in spec.scales:
-                targets = {stat: out[i + k] for k, stat in enumerate(spec.stats)}
-                _stats_into(targets, xw, xw2, inverse[scale], scale, inner, scratch)
+            means = box_means(xw, scales, inner)
+            squares = box_means(xw * xw, scales, inner) if "std" in spec.stats else [None] * len(scales)
+            for mean, sq, inv in zip(means, squares, inverse, strict=True):
+                _stats_into({stat: out[i + k] for k, stat in enumerate(spec.stats)}, mean, sq, inv)
                 i += len(spec.stats)
     if spec.texture:
         red_nir = bands["red"] + bands["nir"]

@@ -66,6 +66,7 @@ from cropseg.tiling import (
     OUT_BLOCK,
     Tile,
     blocks_of,
+    in_strips,
     inner_slices,
     overlap,
     plan_tiles,
@@ -82,6 +83,9 @@ JOURNAL_FORMAT = "cropseg-predict-journal"
 JOURNAL_VERSION = 1
 #: GDAL block cache (MB) while streaming: enough for a few rows of blocks, small enough to stay flat.
 GDAL_CACHE_MB = 256
+#: Width (px) of the strips tiles are predicted in (:func:`cropseg.tiling.in_strips`): the blocks of two rows of
+#: tiles of a strip of a 4-band 16-bit scene and its UDM2, halos included, stay in the block cache (BENCHMARKS.md).
+STRIP_PX = 4096
 #: scikit-learn's chunk budget (MB) per tile (its default, 1 GiB, would set the peak memory of a KNN run).
 SKLEARN_WORKING_MB = 64
 _MAX_HANDLES = 8
@@ -700,7 +704,7 @@ def predict_jobs(
     for job in jobs:
         shape = job.scene.grid.shape
         tshape = tile_shape(tile_size, shape, job.scene.info.block_shape, stride=stride)
-        tiles = plan_tiles(shape, tshape, halo)
+        tiles = in_strips(plan_tiles(shape, tshape, halo), STRIP_PX)
         fp = job_fingerprint(trained, job.scene, tshape, halo, window_fn)
         outputs.append(_Output(job, tiles, fp, resume, descriptions, tags or {}))
     ctx = _Context(trained, window_fn, tuple(j.scene for j in jobs), halo)

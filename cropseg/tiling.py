@@ -127,6 +127,17 @@ def plan_tiles(shape: tuple[int, int], tile: int | tuple[int, int], halo: int = 
     return tiles
 
 
+def in_strips(tiles: list[Tile], width: int) -> list[Tile]:
+    """``tiles`` reordered strip by strip: columns of ``width`` pixels, each row-major (indices unchanged).
+
+    A tile read with a halo shares blocks with the tiles around it, also with those of the tile rows
+    above and below; row-major over a wide scene, those are read again only after a whole row of the
+    scene, by which time a bounded block cache has dropped them and they are decompressed again.
+    Within a strip the blocks of two rows of tiles stay cached, however wide the scene.
+    """
+    return sorted(tiles, key=lambda t: (t.core.col_off // width, t.core.row_off, t.core.col_off))
+
+
 def overlap(a: Window, b: Window) -> Window | None:
     """The pixels two windows share, or None."""
     c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)

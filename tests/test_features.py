@@ -9,6 +9,7 @@ from cropseg.features import (
     INDICES,
     PLANETSCOPE_BANDS,
     FeatureSpec,
+    box_means,
     compute_features,
     data_mask,
     feature_preset,
@@ -63,6 +64,29 @@ def test_local_stats_match_brute_force_and_ignore_invalid():
                 assert got["std"][r, c] == pytest.approx(vals.std(), abs=1e-3)
             else:
                 assert got["mean"][r, c] == 0
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        (slice(16, 30, 2), slice(15, 37, 2)),  # a lattice whose windows lie inside: one integral image
+        (slice(16, 30, 3), slice(15, 37, 4)),
+        (slice(2, 30, 2), slice(0, 40, 2)),  # windows past the edge: box filters
+        (slice(None), slice(None)),
+    ],
+)
+def test_box_means_equal_brute_force_means(inner):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 0.5, (46, 52)).astype(np.float32)
+    sizes = (3, 7, 15, 31)
+    padded = np.pad(x.astype(np.float64), 15)  # zeros outside the array
+    for size, got in zip(sizes, box_means(x, sizes, inner), strict=True):
+        r = size // 2
+        windows = np.lib.stride_tricks.sliding_window_view(padded[15 - r : 15 + 46 + r, 15 - r : 15 + 52 + r],
+                                                           (size, size))
+        want = windows.mean(axis=(2, 3))[inner]
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_nodata_does_not_bleed_into_context():

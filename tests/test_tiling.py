@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropseg.grid import Window
-from cropseg.tiling import OUT_BLOCK, cut, intersect, plan_tiles, stitch, tile_shape
+from cropseg.tiling import OUT_BLOCK, cut, in_strips, intersect, plan_tiles, stitch, tile_shape
 
 shapes = st.tuples(st.integers(1, 70), st.integers(1, 70))
 
@@ -41,6 +41,17 @@ def test_a_neighbourhood_filter_tiled_equals_whole(shape, tile, halo):
     whole = box(image)
     pieces = ((t, box(cut(image, t.read))) for t in plan_tiles(shape, tile, halo))
     assert np.array_equal(stitch(pieces, shape), whole)
+
+
+def test_strips_keep_every_tile_and_go_down_each_strip_first():
+    tiles = plan_tiles((1000, 2600), 256, halo=20)
+    ordered = in_strips(tiles, 1024)
+    assert sorted(t.index for t in ordered) == [t.index for t in tiles]  # each tile once, indices kept
+    strips = [t.core.col_off // 1024 for t in ordered]
+    assert strips == sorted(strips) and set(strips) == {0, 1, 2}
+    first = [(t.core.row_off, t.core.col_off) for t in ordered[:8]]
+    assert first == [(0, 0), (0, 256), (0, 512), (0, 768), (256, 0), (256, 256), (256, 512), (256, 768)]
+    assert in_strips(tiles, 10_000) == tiles  # one strip: row-major, as planned
 
 
 def test_cut_pads_outside_with_fill():
