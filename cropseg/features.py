@@ -513,11 +513,17 @@ def compute_features(
     if spec.reflectance:
         out[: len(spec.bands)] = refl[(slice(None), *inner)]
         i = len(spec.bands)
+    kept = {name: refl[(k, *inner)] for k, name in enumerate(spec.bands)}  # the returned pixels of each band
     with np.errstate(divide="ignore", invalid="ignore"):
         for name in spec.indices:
-            value = np.nan_to_num(INDICES[name].compute(bands).astype(np.float32, copy=False), copy=False)
-            base[name] = value
-            out[i] = value[inner]
+            # an index is needed at every pixel only for its neighbourhood statistics
+            everywhere = name in spec.context
+            value = INDICES[name].compute(bands if everywhere else kept).astype(np.float32, copy=False)
+            value = np.nan_to_num(value, copy=False)
+            if everywhere:
+                base[name] = value
+                value = value[inner]
+            out[i] = value
             i += 1
     if spec.context or spec.texture:
         mask = data_mask(refl) if valid is None else valid & data_mask(refl)
