@@ -346,18 +346,13 @@ def data_mask(reflectance: np.ndarray) -> np.ndarray:
     return np.asarray(np.isfinite(reflectance).all(axis=0) & (reflectance != 0).any(axis=0))
 
 
-def box_mean(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+def box_mean(x: np.ndarray, size: int) -> np.ndarray:
     """Mean of float32 ``x`` (rows, cols) over ``size`` x ``size`` windows, the outside of the array counting as 0.
 
     OpenCV's box filter (running sums in double precision): several times faster than scipy.ndimage's
-    ``uniform_filter`` on tiles (BENCHMARKS.md, "Throughput"), the same values to float32 rounding.
-    ``out``: a float32 array of ``x``'s shape to write into (reusing memory saves page faults).
+    ``uniform_filter`` on tiles (measured in an earlier stop), the same values to float32 rounding.
     """
-    result = cv2.boxFilter(x, -1, (size, size), dst=out, normalize=True, borderType=cv2.BORDER_CONSTANT)
-    if out is not None and result is not out:  # pragma: no cover - OpenCV reallocated: copy into out
-        out[...] = result
-        return out
-    return np.asarray(result)
+    return np.asarray(cv2.boxFilter(x, -1, (size, size), normalize=True, borderType=cv2.BORDER_CONSTANT))
 
 
 def correlate_1d(x: np.ndarray, kernel: np.ndarray, *, along_rows: bool = True) -> np.ndarray:
@@ -386,35 +381,35 @@ def _inverse_counts(valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slic
 
 
 def window_mean(
-    x: np.ndarray, size: int, inv: np.ndarray | None, inner: tuple[slice, slice] = _EVERYWHERE,
-    out: np.ndarray | None = None,
+    x: np.ndarray, size: int, inv: np.ndarray | None, inner: tuple[slice, slice] = _EVERYWHERE
 ) -> np.ndarray:
     """Mean of ``x`` over the valid pixels of each ``size`` px window, on ``inner``.
 
     ``x`` must be zero where invalid; ``inv`` is :func:`inverse_count` of the valid pixels (on
-    ``inner``), or None when every window is wholly valid. With ``out`` (float32, ``x``'s shape), the
-    result is a view into it.
+    ``inner``), or None when every window is wholly valid.
     """
-    mean = box_mean(x, size, out)[inner]
+    mean = box_mean(x, size)[inner]
     if inv is not None:
         mean *= inv
     return mean
 
 
-def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> list[np.ndarray]:
-    """:func:`box_mean` of float32 ``x`` for each of ``sizes``, on ``inner``: fresh float32 arrays.
+def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> Iterator[np.ndarray]:
+    """:func:`box_mean` of float32 ``x`` for each of ``sizes`` in turn, on ``inner``: arrays of fresh memory.
 
     Where ``inner`` keeps only every second (or more) pixel and every window lies inside ``x``, the
     sums come from one integral image (double precision) read at the kept pixels' window corners: for
     several sizes at once this is cheaper than filtering every pixel once per size, and the values
-    are the same to float32 rounding. Otherwise each size is one OpenCV box filter.
+    are the same to float32 rounding. Otherwise each size is one OpenCV box filter, run when its
+    mean is asked for (a caller taking one at a time holds one full-size array at a time).
     """
     rows, cols = inner
     reach = max(sizes) // 2
     if (rows.step or 1) == 1 or not _within(rows, x.shape[0], reach) or not _within(cols, x.shape[1], reach):
-        return [box_mean(x, size)[inner] for size in sizes]
+        for size in sizes:
+            yield box_mean(x, size)[inner]
+        return
     integral = cv2.integral(x, sdepth=cv2.CV_64F)
-    out = []
     for size in sizes:
         r = size // 2
         below, above = integral[_shifted(rows, r + 1)], integral[_shifted(rows, -r)]
@@ -423,8 +418,7 @@ def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] 
         total -= above[:, hi]
         total += above[:, lo]
         total *= 1.0 / (size * size)
-        out.append(total.astype(np.float32))
-    return out
+        yield total.astype(np.float32)
 
 
 def _within(s: slice, length: int, reach: int) -> bool:
@@ -494,8 +488,9 @@ def compute_features(
             (n_features, rows - 2 crop, cols - 2 crop): a tile read with a halo of ``crop`` gets the
             features of the tile proper, computed once (the same values as cropping afterwards).
         step: return the features of every ``step``-th pixel in each direction only, starting at the
-            first pixel kept: the values of those pixels, computed faster than all of them (the
-            filters still run over every pixel; what follows them runs on the kept ones).
+            first pixel kept: the values of those pixels, computed faster than all of them (the Gabor
+            filters still run over every pixel; the window means read one integral image per input at
+            the kept pixels, see :func:`box_means`, and what follows them runs on the kept pixels).
     """
     if reflectance.shape[0] != len(spec.bands):
         raise ValueError(f"expected {len(spec.bands)} bands ({', '.join(spec.bands)}), got {reflectance.shape[0]}")
@@ -537,7 +532,7 @@ def compute_features(
         for name in spec.context:
             xw = base[name] if full else np.where(mask, base[name], 0).astype(np.float32)
             means = box_means(xw, scales, inner)
-            squares = box_means(xw * xw, scales, inner) if "std" in spec.stats else [None] * len(scales)
+            squares = box_means(xw * xw, scales, inner) if "std" in spec.stats else iter([None] * len(scales))
             for mean, sq, inv in zip(means, squares, inverse, strict=True):
                 _stats_into({stat: out[i + k] for k, stat in enumerate(spec.stats)}, mean, sq, inv)
                 i += len(spec.stats)

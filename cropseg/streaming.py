@@ -4,7 +4,9 @@
 (:func:`cropseg.predict.predict_window`). For every tile of a block-aligned plan
 (:mod:`cropseg.tiling`) a worker reads the tile's window plus the model's halo, converts DNs to
 reflectance, masks nodata and unusable UDM2 pixels, computes features, classifies and keeps the
-centre. Workers are threads, processes or Dask tasks (:class:`Execution`); the calling thread
+centre. Tiles go down strips of the scene (:func:`cropseg.tiling.in_strips`), so the blocks a tile
+shares with its neighbours are still in GDAL's block cache when those are read, however wide the
+scene. Workers are threads, processes or Dask tasks (:class:`Execution`); the calling thread
 only writes finished tiles. At most ``inflight`` tiles are in the air at once (a bounded queue),
 so memory does not grow with the scene.
 
