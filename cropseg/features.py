@@ -180,11 +180,13 @@ def _row_textures(
         x = np.where(mask, red_nir, 0).astype(np.float32)
         x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
         inverses = _inverse_counts(mask, windows, inner)
+    invalid = None if full else ~mask
     out: list[np.ndarray] = []
     for period in periods:
         raw = _gabor_energies(x, period)
-        if not full:  # the mean energy over the window's valid pixels (a response also reaches into masked ones)
-            raw = [np.where(mask, e, 0) for e in raw]
+        if invalid is not None:  # the mean energy over the window's valid pixels (a response reaches masked ones)
+            for e in raw:
+                np.copyto(e, 0.0, where=invalid)
         by_window = zip(*(box_means(e, windows, inner) for e in raw), strict=True)
         for inverse, (first, *rest) in zip(inverses, by_window, strict=True):
             if inverse is not None:
@@ -409,7 +411,10 @@ def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] 
         for size in sizes:
             yield box_mean(x, size)[inner]
         return
-    integral = cv2.integral(x, sdepth=cv2.CV_64F)
+    # the integral image of the part of x that the windows reach only: indices shift by its first row and column
+    top, left = rows.start - reach, cols.start - reach
+    rows, cols = _shifted(rows, -top), _shifted(cols, -left)
+    integral = cv2.integral(x[top : rows.stop + top + reach, left : cols.stop + left + reach], sdepth=cv2.CV_64F)
     for size in sizes:
         r = size // 2
         below, above = integral[_shifted(rows, r + 1)], integral[_shifted(rows, -r)]
