@@ -4,7 +4,7 @@
 (:func:`cropseg.predict.predict_window`). For every tile of a block-aligned plan
 (:mod:`cropseg.tiling`) a worker reads the tile's window plus the model's halo, converts DNs to
 reflectance, masks nodata and unusable UDM2 pixels, computes features, classifies and keeps the
-centre. Tiles go down strips of the scene (:func:`cropseg.tiling.in_strips`), so the blocks a tile
+centre. Tiles go down strips of the scene (:func:`cropseg.tiling.stream_order`), so the blocks a tile
 shares with its neighbours are still in GDAL's block cache when those are read, however wide the
 scene. Workers are threads, processes or Dask tasks (:class:`Execution`); the calling thread
 only writes finished tiles. At most ``inflight`` tiles are in the air at once (a bounded queue),
@@ -68,11 +68,11 @@ from cropseg.tiling import (
     OUT_BLOCK,
     Tile,
     blocks_of,
-    in_strips,
     inner_slices,
     overlap,
     plan_tiles,
     round_up,
+    stream_order,
     tile_shape,
 )
 
@@ -85,9 +85,6 @@ JOURNAL_FORMAT = "cropseg-predict-journal"
 JOURNAL_VERSION = 1
 #: GDAL block cache (MB) while streaming: enough for a few rows of blocks, small enough to stay flat.
 GDAL_CACHE_MB = 256
-#: Width (px) of the strips tiles are predicted in (:func:`cropseg.tiling.in_strips`): the blocks of two rows of
-#: tiles of a strip of a 4-band 16-bit scene and its UDM2, halos included, stay in the block cache (BENCHMARKS.md).
-STRIP_PX = 4096
 #: scikit-learn's chunk budget (MB) per tile (its default, 1 GiB, would set the peak memory of a KNN run).
 SKLEARN_WORKING_MB = 64
 _MAX_HANDLES = 8
@@ -706,7 +703,7 @@ def predict_jobs(
     for job in jobs:
         shape = job.scene.grid.shape
         tshape = tile_shape(tile_size, shape, job.scene.info.block_shape, stride=stride)
-        tiles = in_strips(plan_tiles(shape, tshape, halo), STRIP_PX)
+        tiles = stream_order(plan_tiles(shape, tshape, halo), job.scene.info.block_shape)
         fp = job_fingerprint(trained, job.scene, tshape, halo, window_fn)
         outputs.append(_Output(job, tiles, fp, resume, descriptions, tags or {}))
     ctx = _Context(trained, window_fn, tuple(j.scene for j in jobs), halo)

@@ -138,6 +138,21 @@ def in_strips(tiles: list[Tile], width: int) -> list[Tile]:
     return sorted(tiles, key=lambda t: (t.core.col_off // width, t.core.row_off, t.core.col_off))
 
 
+#: Width (px) of the strips streaming prediction goes down (:func:`stream_order`): the blocks of two rows of tiles
+#: of a strip of a 4-band 16-bit scene and its UDM2, halos included, stay in the block cache (BENCHMARKS.md).
+STRIP_PX = 4096
+
+
+def stream_order(tiles: list[Tile], block_shape: tuple[int, int]) -> list[Tile]:
+    """The order to predict ``tiles`` of an image stored in ``block_shape`` (rows, cols) blocks.
+
+    Tiled images go down strips of :data:`STRIP_PX` (:func:`in_strips`); an image stored in
+    full-width strips (blocks as wide as the image, or wider than a strip) is read row-major, since
+    every tile of a row decompresses the same blocks.
+    """
+    return in_strips(tiles, max(STRIP_PX, block_shape[1]))
+
+
 def overlap(a: Window, b: Window) -> Window | None:
     """The pixels two windows share, or None."""
     c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)

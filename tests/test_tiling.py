@@ -4,7 +4,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropseg.grid import Window
-from cropseg.tiling import OUT_BLOCK, cut, in_strips, intersect, plan_tiles, stitch, tile_shape
+from cropseg.tiling import (
+    OUT_BLOCK,
+    STRIP_PX,
+    cut,
+    in_strips,
+    intersect,
+    plan_tiles,
+    stitch,
+    stream_order,
+    tile_shape,
+)
 
 shapes = st.tuples(st.integers(1, 70), st.integers(1, 70))
 
@@ -52,6 +62,14 @@ def test_strips_keep_every_tile_and_go_down_each_strip_first():
     first = [(t.core.row_off, t.core.col_off) for t in ordered[:8]]
     assert first == [(0, 0), (0, 256), (0, 512), (0, 768), (256, 0), (256, 256), (256, 512), (256, 768)]
     assert in_strips(tiles, 10_000) == tiles  # one strip: row-major, as planned
+
+
+def test_stream_order_goes_down_strips_of_tiled_images_only():
+    width = 3 * STRIP_PX
+    tiles = plan_tiles((2048, width), 512, halo=40)
+    tiled = stream_order(tiles, (512, 512))
+    assert tiled == in_strips(tiles, STRIP_PX) and tiled != tiles
+    assert stream_order(tiles, (1, width)) == tiles  # full-width strips: every tile of a row reads the same blocks
 
 
 def test_cut_pads_outside_with_fill():
