@@ -375,8 +375,9 @@ def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
     return _inverse_counts(valid, (size,))[0]
 
 
-def _inverse_counts(valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> list[
-        np.ndarray]:
+def _inverse_counts(
+    valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE
+) -> list[np.ndarray]:
     """:func:`inverse_count` for each of ``sizes``, on ``inner``."""
     counts = box_means(valid.astype(np.float32), sizes, inner)
     return [np.asarray(np.divide(1.0, c, out=np.zeros_like(c), where=c > 1e-6)) for c in counts]
