@@ -109,7 +109,7 @@ IO_CODE = textwrap.dedent("""
     import sys, time, rasterio, rasterio.shutil
     import numpy as np
     from rasterio.windows import Window
-    from cropseg.raster_io import COG_OPTIONS
+    from cropseg.raster_io import CLASS_COG_OPTIONS
     scene, out = sys.argv[1:3]
     t0 = time.perf_counter()
     with rasterio.open(scene + "/scene.tif") as img, rasterio.open(scene + "/udm2.tif") as udm:
@@ -121,7 +121,7 @@ IO_CODE = textwrap.dedent("""
                 dn = img.read(window=w)
                 u = udm.read(1, window=w)
                 dst.write((dn[3] > dn[2]).astype("uint8")[None] * (u > 0), window=w)
-    rasterio.shutil.copy(out + ".work.tif", out, driver="COG", **COG_OPTIONS)
+    rasterio.shutil.copy(out + ".work.tif", out, driver="COG", **CLASS_COG_OPTIONS)
     print(time.perf_counter() - t0)
 """)
 

@@ -63,7 +63,8 @@ class FeaturesConfig:
     ``preset`` ``auto`` takes the model kind's own set: ``reference`` (4 reflectance bands) for knn,
     ``texture`` (bands, indices, multi-scale mean / std, row texture) for rf, lgbm and unet (the network
     learns its own context, but not the faint rows of harvested fields: BENCHMARKS.md). Non-empty ``indices``,
-    ``context``, ``scales``, ``texture`` (periods in px) and ``texture_windows`` (px) replace the preset's.
+    ``context``, ``scales``, ``texture`` (periods in px) and ``texture_windows`` (px), and a non-zero
+    ``texture_stride`` (px between the pixels of a texture window; 2 in the preset) replace the preset's.
     """
 
     preset: str = "auto"
@@ -72,6 +73,7 @@ class FeaturesConfig:
     scales: tuple[int, ...] = ()
     texture: tuple[float, ...] = ()
     texture_windows: tuple[int, ...] = ()
+    texture_stride: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ kinds, in this output order:
 * row texture (``texture``: periods in pixels): how strongly the image (red + NIR, local mean
   removed) oscillates with that period in its strongest direction, and how much stronger that is
   than the mean over four directions (Gabor filters at 0, 45, 90 and 135 degrees, energy averaged
-  over each of ``texture_windows``, 15 px by default). Harvested grain keeps its windrows and fallow
-  its tillage lines while idle land and dry grass have none: in one late-summer image, this is what
-  separates them (BENCHMARKS.md). Averaged over a field-sized window (63 px), faint rows add up
-  and a field's bare headland sees the rows beside it.
+  over each of ``texture_windows``, 15 px by default, at every ``texture_stride``-th pixel of a
+  window's rows and columns). Harvested grain keeps its windrows and fallow its tillage lines while
+  idle land and dry grass have none: in one late-summer image, this is what separates them
+  (BENCHMARKS.md). Averaged over a field-sized window (63 px), faint rows add up and a field's bare
+  headland sees the rows beside it. With a stride of 2 (the ``texture`` preset), prediction, which
+  classifies every second pixel of each row and column, runs the Gabor filters at those pixels only.
 
 Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
 callers read each tile with that many extra pixels on every side (pixels beyond the image read
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import cv2
@@ -113,6 +116,28 @@ def _texture_halo(period: float, window: int = _TEXTURE_WINDOW) -> int:
     return _HIGHPASS // 2 + _gabor_radius(period) + window // 2
 
 
+def _gabor_kernels(period: float) -> tuple[np.ndarray, ...]:
+    """1-D factors of the Gabor filters of this period (Gaussian sigma 0.8 period), see :func:`_gabor_energies`.
+
+    Returns the Gaussian, its products with the cosine and sine of the 0 / 90 degree frequency, and
+    those of the 45 / 135 degree frequency (the diagonal frequency's component along one axis).
+    """
+    sigma = 0.8 * period
+    r = _gabor_radius(period)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    env = np.exp(-(t**2) / (2 * sigma**2))
+    w = 2 * np.pi / period
+    d = w / math.sqrt(2)
+    return env, env * np.cos(w * t), env * np.sin(w * t), env * np.cos(d * t), env * np.sin(d * t)
+
+
+def _energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """re^2 + im^2 in re's memory (fresh pages are slow)."""
+    np.square(re, out=re)
+    re += np.square(im, out=im)
+    return re
+
+
 def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
     """|x * g|^2 for the Gabor filters g of this period at 0, 45, 90 and 135 degrees (Gaussian sigma 0.8 period).
 
@@ -123,71 +148,124 @@ def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
     of theirs (they differ only in the sign of the horizontal frequency): 12 passes instead of 16.
     Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the input has its local mean removed.
     """
-    sigma = 0.8 * period
-    r = _gabor_radius(period)
-    t = np.arange(-r, r + 1, dtype=np.float64)
-    env = np.exp(-(t**2) / (2 * sigma**2))
-    w = 2 * np.pi / period
-    d = w / math.sqrt(2)
-
-    def energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:  # re^2 + im^2 in re's memory (fresh pages are slow)
-        np.square(re, out=re)
-        re += np.square(im, out=im)
-        return re
-
+    env, cos_w, sin_w, c, s_ = _gabor_kernels(period)
     # 0 degrees: oscillation along the rows only
     down = correlate_1d(x, env, along_rows=False)
-    e0 = energy(correlate_1d(down, env * np.cos(w * t)), correlate_1d(down, env * np.sin(w * t)))
+    e0 = _energy(correlate_1d(down, cos_w), correlate_1d(down, sin_w))
     # 90 degrees: oscillation along the columns only
     across = correlate_1d(x, env)
-    e90 = energy(correlate_1d(across, env * np.cos(w * t), along_rows=False),
-                 correlate_1d(across, env * np.sin(w * t), along_rows=False))
+    e90 = _energy(correlate_1d(across, cos_w, along_rows=False), correlate_1d(across, sin_w, along_rows=False))
     # 45 and 135 degrees: (c + i s) along both axes; 135 is 45 with the horizontal frequency negated (c - i s)
-    c, s_ = env * np.cos(d * t), env * np.sin(d * t)
     rc, rs = correlate_1d(x, c), correlate_1d(x, s_)
     cc, ss = correlate_1d(rc, c, along_rows=False), correlate_1d(rs, s_, along_rows=False)
     cs, sc = correlate_1d(rc, s_, along_rows=False), correlate_1d(rs, c, along_rows=False)
-    e45 = energy(cc - ss, cs + sc)
+    e45 = _energy(cc - ss, cs + sc)
     cc += ss
     cs -= sc
-    return [e0, e45, e90, energy(cc, cs)]
+    return [e0, e45, e90, _energy(cc, cs)]
+
+
+def _lattice_gabor_energies(x: np.ndarray, period: float, rows: slice, cols: slice) -> list[np.ndarray]:
+    """:func:`_gabor_energies` at the pixels of ``rows`` x ``cols`` only (explicit starts, steps > 1).
+
+    The passes along the columns come first and are computed at the rows of ``rows`` only
+    (:func:`correlate_1d_at`); the passes along the rows then run over those rows and are kept at the
+    columns of ``cols``: 6.5 full-image passes' worth of work instead of 12 for a step of 2. The
+    filters are separable, so the order of the passes does not change the values (beyond rounding).
+    """
+    env, cos_w, sin_w, c, s_ = _gabor_kernels(period)
+
+    def down(kernel: np.ndarray) -> np.ndarray:
+        return correlate_1d_at(x, kernel, rows)
+
+    def across(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(correlate_1d(y, kernel)[:, cols])
+
+    g = down(env)
+    e0 = _energy(across(g, cos_w), across(g, sin_w))
+    e90 = _energy(across(down(cos_w), env), across(down(sin_w), env))
+    dc, ds = down(c), down(s_)
+    cc, ss = across(dc, c), across(ds, s_)
+    cs, sc = across(dc, s_), across(ds, c)
+    e45 = _energy(cc - ss, cs + sc)
+    cc += ss
+    cs -= sc
+    return [e0, e45, e90, _energy(cc, cs)]
 
 
 def row_texture(
     red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE,
-    windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False,
+    windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False, stride: int = 1,
 ) -> list[np.ndarray]:
     """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
 
     Returns, for each of ``windows`` (px, over which the energies are averaged), the log of the strongest
     direction's mean energy and strongest / mean over the directions, float32 on ``inner``. Pixels outside
     ``mask`` count as zero (as does the outside of the array). ``full`` says that every pixel within reach
-    of ``inner`` is valid, so that no window needs normalising (the same values, computed faster).
+    of ``inner`` is valid, so that no window needs normalising (the same values, computed faster). With
+    ``stride`` > 1 the energy is averaged over every ``stride``-th pixel of each row and column of a window
+    (those in step with its centre, see :func:`box_means`): where ``inner`` keeps every ``stride``-th pixel
+    (or a multiple) the energies are then needed, and computed, at those pixels only.
     """
-    return _row_textures(red_nir, mask, (period,), inner, windows, full)
+    return _row_textures(red_nir, mask, (period,), inner, windows, full, stride)
+
+
+def _texture_lattice(
+    inner: tuple[slice, slice], shape: tuple[int, ...], periods: tuple[float, ...], windows: tuple[int, ...],
+    stride: int,
+) -> tuple[slice, slice, tuple[slice, slice]] | None:
+    """Where strided windows let the energies be computed on a lattice: (rows, cols) of ``x`` and ``inner`` on it.
+
+    None unless ``stride`` > 1, ``inner`` keeps every ``stride``-th pixel (or a multiple) and every
+    pixel the filters and windows reach lies in the array.
+    """
+    if stride == 1:
+        return None
+    lat_reach = max(windows) // 2 // stride  # lattice points a window reaches on each side
+    reach = stride * lat_reach
+    gabor = max(_gabor_radius(p) for p in periods)
+    on_lattice: list[slice] = []
+    in_lattice: list[slice] = []
+    for s, length in zip(inner, shape, strict=False):
+        step = s.step or 1
+        if step % stride or not _within(s, length, reach + gabor):
+            return None
+        n = len(range(s.start, s.stop, step))
+        on_lattice.append(slice(s.start - reach, s.start + step * (n - 1) + reach + 1, stride))
+        every = step // stride
+        in_lattice.append(slice(lat_reach, lat_reach + every * (n - 1) + 1, every))
+    return on_lattice[0], on_lattice[1], (in_lattice[0], in_lattice[1])
 
 
 def _row_textures(
     red_nir: np.ndarray, mask: np.ndarray, periods: tuple[float, ...], inner: tuple[slice, slice],
-    windows: tuple[int, ...], full: bool,
+    windows: tuple[int, ...], full: bool, stride: int = 1,
 ) -> list[np.ndarray]:
     """:func:`row_texture` of each of ``periods`` in turn; the high-pass and the window normalisation are shared."""
     if full:
         x = red_nir.astype(np.float32, copy=False)
         x = x - window_mean(x, _HIGHPASS, None)
-        inverses: Sequence[np.ndarray | None] = [None] * len(windows)
     else:
         x = np.where(mask, red_nir, 0).astype(np.float32)
         x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
-        inverses = _inverse_counts(mask, windows, inner)
-    invalid = None if full else ~mask
+    lattice = _texture_lattice(inner, x.shape, periods, windows, stride)
+    energies: Callable[[float], list[np.ndarray]]
+    if lattice is None:
+        energies = partial(_gabor_energies, x)
+        valid, where, sizes, by = mask, inner, windows, stride
+    else:  # energies on the lattice of the kept pixels; each strided window is a plain one there
+        rows, cols, where = lattice
+        energies = partial(_lattice_gabor_energies, x, rows=rows, cols=cols)
+        valid, sizes, by = mask[rows, cols], tuple(2 * (w // 2 // stride) + 1 for w in windows), 1
+    inverses: Sequence[np.ndarray | None] = [None] * len(windows) if full else _inverse_counts(valid, sizes, where, by)
+    invalid = None if full else ~valid
     out: list[np.ndarray] = []
     for period in periods:
-        raw = _gabor_energies(x, period)
+        raw = energies(period)
         if invalid is not None:  # the mean energy over the window's valid pixels (a response reaches masked ones)
             for e in raw:
                 np.copyto(e, 0.0, where=invalid)
-        by_window = zip(*(box_means(e, windows, inner) for e in raw), strict=True)
+        by_window = zip(*(box_means(e, sizes, where, by) for e in raw), strict=True)
         for inverse, (first, *rest) in zip(inverses, by_window, strict=True):
             if inverse is not None:
                 for e in (first, *rest):
@@ -218,6 +296,10 @@ class FeatureSpec:
         stats: which statistics (``mean``, ``std``).
         texture: periods (pixels, 2 to 16) of the row-texture features.
         texture_windows: odd window sizes (pixels) over which the row-texture energy is averaged.
+        texture_stride: the energy is averaged over every ``texture_stride``-th pixel of each row and
+            column of those windows (those in step with the centre pixel). 2 in the ``texture`` preset:
+            prediction, which classifies every second pixel (``refine_step``), then computes the Gabor
+            filters at a quarter of the pixels; 1 (every pixel) in model cards written before it existed.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
@@ -228,6 +310,7 @@ class FeatureSpec:
     stats: tuple[str, ...] = field(default=STATS)
     texture: tuple[float, ...] = ()
     texture_windows: tuple[int, ...] = (_TEXTURE_WINDOW,)
+    texture_stride: int = 1
 
     def __post_init__(self) -> None:
         unknown = [i for i in self.indices if i not in INDICES]
@@ -256,6 +339,8 @@ class FeatureSpec:
             raise ConfigError(f"texture periods must be between 2 and 16 pixels, got {list(self.texture)}")
         if not self.texture_windows or any(w < 3 or w % 2 == 0 for w in self.texture_windows):
             raise ConfigError(f"texture windows must be odd window sizes >= 3, got {list(self.texture_windows)}")
+        if not 1 <= self.texture_stride <= 4:
+            raise ConfigError(f"the texture stride must be 1 to 4 pixels, got {self.texture_stride}")
         if self.texture and not {"red", "nir"} <= set(self.bands):
             raise ConfigError(f"texture features need red and nir bands, not among {list(self.bands)}")
 
@@ -287,6 +372,7 @@ class FeatureSpec:
             "stats": list(self.stats),
             "texture": list(self.texture),
             "texture_windows": list(self.texture_windows),
+            "texture_stride": self.texture_stride,
         }
 
     @classmethod
@@ -301,6 +387,7 @@ class FeatureSpec:
             stats=tuple(data.get("stats", STATS)),
             texture=tuple(float(p) for p in data.get("texture", ())),
             texture_windows=tuple(int(w) for w in data.get("texture_windows", (_TEXTURE_WINDOW,))),
+            texture_stride=int(data.get("texture_stride", 1)),
         )
 
     def with_bands(self, bands: tuple[str, ...]) -> FeatureSpec:
@@ -323,6 +410,7 @@ FEATURE_PRESETS: dict[str, FeatureSpec] = {
         scales=(3, 7, 15, 31),
         texture=TEXTURE_PERIODS,
         texture_windows=TEXTURE_WINDOWS,
+        texture_stride=2,
     ),
 }
 
@@ -367,6 +455,31 @@ def correlate_1d(x: np.ndarray, kernel: np.ndarray, *, along_rows: bool = True) 
     return np.asarray(cv2.filter2D(x, -1, k, borderType=cv2.BORDER_CONSTANT))
 
 
+def correlate_1d_at(x: np.ndarray, kernel: np.ndarray, rows: slice) -> np.ndarray:
+    """:func:`correlate_1d` along the columns, at the rows of ``rows`` only (explicit start, stop and step).
+
+    Computed in polyphase form: the kernel's taps at each offset modulo the step meet the rows of
+    ``x`` at that offset, so each phase is one pass over 1 / step of the rows with 1 / step of the taps.
+    The rows the kernel reaches above ``rows.start`` must lie in ``x`` (zeros below its last row).
+    """
+    step = rows.step or 1
+    r = len(kernel) // 2
+    if rows.start - r < 0:
+        raise ValueError(f"the kernel reaches {r} rows above row {rows.start}, outside the array")
+    n = len(range(rows.start, rows.stop, step))
+    out: np.ndarray | None = None
+    for phase in range(min(step, len(kernel))):
+        taps = kernel[phase::step].astype(np.float32).reshape(-1, 1)
+        part = cv2.filter2D(x[rows.start - r + phase :: step], -1, taps, anchor=(0, 0),
+                            borderType=cv2.BORDER_CONSTANT)[:n]
+        if out is None:
+            out = np.array(part)
+        else:
+            out += part
+    assert out is not None
+    return out
+
+
 def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
     """1 / (share of valid pixels in each ``size`` px window), 0 where the window holds none.
 
@@ -376,10 +489,10 @@ def inverse_count(valid: np.ndarray, size: int) -> np.ndarray:
 
 
 def _inverse_counts(
-    valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE
+    valid: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE, stride: int = 1
 ) -> list[np.ndarray]:
-    """:func:`inverse_count` for each of ``sizes``, on ``inner``."""
-    counts = box_means(valid.astype(np.float32), sizes, inner)
+    """:func:`inverse_count` for each of ``sizes``, on ``inner`` (windows of ``stride``: :func:`box_means`)."""
+    counts = box_means(valid.astype(np.float32), sizes, inner, stride)
     return [np.asarray(np.divide(1.0, c, out=np.zeros_like(c), where=c > 1e-6)) for c in counts]
 
 
@@ -397,7 +510,9 @@ def window_mean(
     return mean
 
 
-def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE) -> Iterator[np.ndarray]:
+def box_means(
+    x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] = _EVERYWHERE, stride: int = 1
+) -> Iterator[np.ndarray]:
     """:func:`box_mean` of float32 ``x`` for each of ``sizes`` in turn, on ``inner``: arrays of fresh memory.
 
     Where ``inner`` keeps only every second (or more) pixel and every window lies inside ``x``, the
@@ -405,7 +520,16 @@ def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] 
     several sizes at once this is cheaper than filtering every pixel once per size, and the values
     are the same to float32 rounding. Otherwise each size is one OpenCV box filter, run when its
     mean is asked for (a caller taking one at a time holds one full-size array at a time).
+
+    With ``stride`` > 1 a window holds every ``stride``-th pixel of each row and column only, those
+    that share the centre pixel's position modulo ``stride`` and lie within ``size // 2`` of it
+    (``2 (size // 2 // stride) + 1`` per side): each of the ``stride``^2 phases of ``x`` is box filtered
+    on its own.
     """
+    if stride > 1:
+        for size in sizes:
+            yield _strided_box_mean(x, size, stride)[inner]
+        return
     rows, cols = inner
     reach = max(sizes) // 2
     if (rows.step or 1) == 1 or not _within(rows, x.shape[0], reach) or not _within(cols, x.shape[1], reach):
@@ -425,6 +549,16 @@ def box_means(x: np.ndarray, sizes: tuple[int, ...], inner: tuple[slice, slice] 
         total += above[:, lo]
         total *= 1.0 / (size * size)
         yield total.astype(np.float32)
+
+
+def _strided_box_mean(x: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """Mean over the strided windows of :func:`box_means` (``stride`` > 1), at every pixel of ``x``."""
+    out = np.empty_like(x)
+    side = 2 * (size // 2 // stride) + 1
+    for r in range(stride):
+        for c in range(stride):
+            out[r::stride, c::stride] = box_mean(np.ascontiguousarray(x[r::stride, c::stride]), side)
+    return out
 
 
 def _within(s: slice, length: int, reach: int) -> bool:
@@ -494,9 +628,10 @@ def compute_features(
             (n_features, rows - 2 crop, cols - 2 crop): a tile read with a halo of ``crop`` gets the
             features of the tile proper, computed once (the same values as cropping afterwards).
         step: return the features of every ``step``-th pixel in each direction only, starting at the
-            first pixel kept: the values of those pixels, computed faster than all of them (the Gabor
-            filters still run over every pixel; the window means read one integral image per input at
-            the kept pixels, see :func:`box_means`, and what follows them runs on the kept pixels).
+            first pixel kept: the values of those pixels, computed faster than all of them (the window
+            means read one integral image per input at the kept pixels, see :func:`box_means`, what
+            follows them runs on the kept pixels, and when ``step`` is a multiple of the spec's
+            ``texture_stride`` > 1 the Gabor filters run at the pixels in step with the kept ones only).
     """
     if reflectance.shape[0] != len(spec.bands):
         raise ValueError(f"expected {len(spec.bands)} bands ({', '.join(spec.bands)}), got {reflectance.shape[0]}")
@@ -546,7 +681,8 @@ def compute_features(
         red_nir = bands["red"] + bands["nir"]
         # every window of every period lies inside the fully valid array
         reach = full and crop >= _texture_halo(max(spec.texture), max(spec.texture_windows))
-        for plane in _row_textures(red_nir, mask, spec.texture, inner, spec.texture_windows, reach):
+        planes = _row_textures(red_nir, mask, spec.texture, inner, spec.texture_windows, reach, spec.texture_stride)
+        for plane in planes:
             out[i] = plane
             i += 1
     return out

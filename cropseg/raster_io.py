@@ -39,6 +39,15 @@ COG_OPTIONS: dict[str, str] = {
     "BIGTIFF": "IF_SAFER",
     "NUM_THREADS": "ALL_CPUS",  # compress blocks on every core (the same bytes; half the time on 2 cores)
 }
+#: :data:`COG_OPTIONS` for rasters of classes or flags (class maps, labels, UDM2: every 8-bit raster cropseg
+#: writes): each overview pixel takes the most frequent value of the pixels it covers. GDAL's default for
+#: other rasters, cubic, invents values between classes (2s among the 0s and 1s of a class map) and is slower.
+CLASS_COG_OPTIONS: dict[str, str] = {**COG_OPTIONS, "RESAMPLING": "MODE"}
+
+
+def cog_options(dtype: str) -> dict[str, str]:
+    """COG creation options for a raster of ``dtype``: :data:`CLASS_COG_OPTIONS` for uint8, else :data:`COG_OPTIONS`."""
+    return CLASS_COG_OPTIONS if dtype == "uint8" else COG_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -293,7 +302,7 @@ class RasterWriter:
             self._ds.close()
             if exc_type is None and self.cog:
                 try:
-                    rasterio.shutil.copy(self._work, self._final_tmp, driver="COG", **COG_OPTIONS)
+                    rasterio.shutil.copy(self._work, self._final_tmp, driver="COG", **cog_options(self.dtype))
                 finally:
                     Path(self._work).unlink(missing_ok=True)
             elif self.cog:

@@ -62,7 +62,7 @@ from cropseg.grid import Grid, Window
 from cropseg.label import NODATA
 from cropseg.progress import ProgressCallback, report
 from cropseg.radiometry import to_reflectance, udm2_usable
-from cropseg.raster_io import COG_OPTIONS, read_padded
+from cropseg.raster_io import CLASS_COG_OPTIONS, read_padded
 from cropseg.scene import Scene
 from cropseg.tiling import (
     OUT_BLOCK,
@@ -382,9 +382,9 @@ def write_block(ds: Any, array: np.ndarray, window: Window) -> None:
 
 
 def publish_cog(work: Path, out: Path, staging: Path) -> Path:
-    """Copy the finished GeoTIFF ``work`` to a COG at ``staging`` (same folder as ``out``), then rename onto ``out``."""
+    """Copy the finished class map ``work`` to a COG at ``staging`` (beside ``out``), then rename onto ``out``."""
     with gdal_cache():
-        rasterio.shutil.copy(work, staging, driver="COG", **COG_OPTIONS)
+        rasterio.shutil.copy(work, staging, driver="COG", **CLASS_COG_OPTIONS)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, out)
     return out

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,8 @@ from cropseg.features import (
     FeatureSpec,
     box_means,
     compute_features,
+    correlate_1d,
+    correlate_1d_at,
     data_mask,
     feature_preset,
     lattice_shape,
@@ -66,6 +70,7 @@ def test_local_stats_match_brute_force_and_ignore_invalid():
                 assert got["mean"][r, c] == 0
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize(
     "inner",
     [
@@ -75,15 +80,16 @@ def test_local_stats_match_brute_force_and_ignore_invalid():
         (slice(None), slice(None)),
     ],
 )
-def test_box_means_equal_brute_force_means(inner):
+def test_box_means_equal_brute_force_means(inner, stride):
     rng = np.random.default_rng(5)
     x = rng.uniform(0, 0.5, (46, 52)).astype(np.float32)
     sizes = (3, 7, 15, 31)
     padded = np.pad(x.astype(np.float64), 15)  # zeros outside the array
-    for size, got in zip(sizes, box_means(x, sizes, inner), strict=True):
-        r = size // 2
+    for size, got in zip(sizes, box_means(x, sizes, inner, stride), strict=True):
+        # with a stride, a window holds the pixels a multiple of the stride away from its centre
+        r = size // 2 // stride * stride
         windows = np.lib.stride_tricks.sliding_window_view(padded[15 - r : 15 + 46 + r, 15 - r : 15 + 52 + r],
-                                                           (size, size))
+                                                           (2 * r + 1, 2 * r + 1))[:, :, ::stride, ::stride]
         want = windows.mean(axis=(2, 3))[inner]
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -121,9 +127,35 @@ def test_tiled_features_equal_whole(tile, seed, crop):
 
 
 @settings(max_examples=6, deadline=None)
-@given(tile=st.integers(9, 33), seed=st.integers(0, 3))
-def test_tiled_texture_equals_whole(tile, seed):
-    _assert_tiled_equals_whole(FEATURE_PRESETS["texture"], _refl(60, 52, seed), tile, 2e-5, True)
+@given(tile=st.integers(9, 33), seed=st.integers(0, 3), stride=st.sampled_from([1, 2]))
+def test_tiled_texture_equals_whole(tile, seed, stride):
+    spec = replace(FEATURE_PRESETS["texture"], texture_stride=stride)
+    _assert_tiled_equals_whole(spec, _refl(60, 52, seed), tile, 2e-5, True)
+
+
+def test_texture_stride_changes_the_energy_windows_only():
+    refl = _refl(90, 96, 2)
+    spec = FEATURE_PRESETS["texture"]
+    every = compute_features(refl, replace(spec, texture_stride=1))
+    strided = compute_features(refl, spec)
+    texture = [i for i, n in enumerate(spec.names) if n.startswith("rows")]
+    others = [i for i in range(len(spec.names)) if i not in texture]
+    assert np.array_equal(every[others], strided[others])
+    assert not np.allclose(every[texture], strided[texture], rtol=1e-3)
+    # a mean energy over a quarter of the window's pixels: close to the mean over all of them
+    energy = [i for i, n in enumerate(spec.names) if "_energy" in n]
+    np.testing.assert_allclose(np.exp(strided[energy]), np.exp(every[energy]), rtol=0.5)
+
+
+def test_correlate_1d_at_rows_equals_every_row_then_slicing():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(41, 23)).astype(np.float32)
+    kernel = rng.normal(size=9)
+    full = correlate_1d(x, kernel, along_rows=False)
+    for rows in (slice(4, 41, 2), slice(5, 30, 3), slice(4, 35, 1)):
+        np.testing.assert_allclose(correlate_1d_at(x, kernel, rows), full[rows], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="above row 3"):
+        correlate_1d_at(x, kernel, slice(3, 41, 2))
 
 
 def test_row_texture_finds_rows_in_any_direction():
@@ -179,11 +211,12 @@ def test_cropped_features_equal_cropping_afterwards(nodata, preset, size):
     np.testing.assert_allclose(masked, compute_features(refl, spec, valid)[:, h:-h, h:-h], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot crop"):
         compute_features(refl, spec, crop=(size - 4) // 2)
-    # every step-th pixel only: the same values as those pixels of the full result
-    for step in (2, 3):
+    # every step-th pixel only: the same values as those pixels of the full result (for the texture preset's
+    # stride of 2, step 2 computes the Gabor energies on the lattice, in another order: the same to rounding)
+    for step in (2, 3, 4):
         sparse = compute_features(refl, spec, valid, crop=h, step=step)
         assert sparse.shape == (len(spec.names), *lattice_shape(masked.shape[1:], step))
-        np.testing.assert_array_equal(sparse, masked[:, ::step, ::step])
+        np.testing.assert_allclose(sparse, masked[:, ::step, ::step], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="step"):
         compute_features(refl, spec, crop=h, step=0)
 
@@ -213,6 +246,11 @@ def test_names_match_output_and_round_trip():
     assert texture.names[-4:] == ["rows4_energy", "rows4_anisotropy", "rows4_energy63", "rows4_anisotropy63"]
     assert texture.halo == 45  # 9 px high-pass, the 4 px period's Gabor radius of 10 px, the 63 px window
     assert FeatureSpec.from_dict(texture.to_dict()) == texture
+    # model cards from before the texture stride keep their features: every pixel of the windows
+    assert texture.texture_stride == 2
+    card = texture.to_dict()
+    del card["texture_stride"]
+    assert FeatureSpec.from_dict(card).texture_stride == 1
     # cards written before texture windows existed averaged over 15 px
     card = {**texture.to_dict(), "texture": [4.0]}
     del card["texture_windows"]
@@ -231,6 +269,7 @@ def test_names_match_output_and_round_trip():
         ({"texture": (1.0,)}, "texture periods"),
         ({"texture": (4.0,), "texture_windows": (16,)}, "texture windows"),
         ({"texture": (4.0,), "texture_windows": ()}, "texture windows"),
+        ({"texture": (4.0,), "texture_stride": 0}, "texture stride"),
         ({"bands": ("a", "b", "c", "d"), "texture": (4.0,)}, "red and nir"),
     ],
 )
