@@ -42,7 +42,9 @@ COG_OPTIONS: dict[str, str] = {
 #: :data:`COG_OPTIONS` for rasters of classes or flags (class maps, labels, UDM2: every 8-bit raster cropseg
 #: writes): each overview pixel takes the most frequent value of the pixels it covers. GDAL's default for
 #: other rasters, cubic, invents values between classes (2s among the 0s and 1s of a class map) and is slower.
-CLASS_COG_OPTIONS: dict[str, str] = {**COG_OPTIONS, "RESAMPLING": "MODE"}
+#: No predictor: differences between class codes are no smoother than the codes (a PSScene-sized class map
+#: 6 % smaller without it, and faster to write).
+CLASS_COG_OPTIONS: dict[str, str] = {**COG_OPTIONS, "RESAMPLING": "MODE", "PREDICTOR": "NO"}
 
 
 def cog_options(dtype: str) -> dict[str, str]:

@@ -214,9 +214,13 @@ def _rio(window: Window) -> RioWindow:
 
 
 #: glibc ``mallopt`` settings of :func:`keep_heap_memory`: arrays up to 32 MiB (the most glibc allows) come
-#: from the heap, and up to 64 MiB of freed heap memory is kept for the next tile.
-_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1
-MALLOC_SETTINGS: dict[int, int] = {_M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20}
+#: from the heap, up to 64 MiB of freed heap memory is kept for the next tile, and a worker thread's arena
+#: keeps its emptied 64 MiB sub-heaps (the top pad): without it glibc unmaps a thread's second sub-heap each
+#: time a tile frees it and maps a fresh one for the next tile, every page of it faulting in again.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+MALLOC_SETTINGS: dict[int, int] = {
+    _M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20, _M_TOP_PAD: 64 * 2**20,
+}
 _MALLOC_TUNED = False
 _LIBC: Any = None
 
@@ -694,6 +698,7 @@ def predict_jobs(
         one :class:`JobResult` per job, in order.
     """
     execution = execution or Execution()
+    keep_heap_memory()  # before the worker threads start: each takes its arena at its first allocation
     trained = accel.accelerate(trained, accelerate, sum(j.scene.grid.width * j.scene.grid.height for j in jobs))
     halo, stride = model_halo(trained)
     outs = [str(Path(j.out).resolve()) for j in jobs]

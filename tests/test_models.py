@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +41,15 @@ def _blobs(n=900, seed=0):
     X = rng.normal(size=(n, 4)).astype(np.float32) + y[:, None] * 1.5
     groups = np.arange(n) // 60
     return X, y, groups
+
+
+def test_torch_and_skops_are_imported_only_when_used():
+    """Predicting with LightGBM needs neither torch (the U-Net) nor skops (knn / rf files): the CLI starts without."""
+    code = (
+        "import sys; import cropseg.cli, cropseg.predict, cropseg.train, cropseg.models; "
+        "bad = [m for m in ('torch', 'skops') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_rgd_weights():

@@ -345,3 +345,44 @@ def test_freed_tile_memory_stays_in_the_heap(monkeypatch):
     monkeypatch.setattr(streaming, "_MALLOC_TUNED", False)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user tunes malloc: leave it alone
     assert not streaming.keep_heap_memory()
+
+
+_THREAD_HEAP_CODE = textwrap.dedent("""
+    import resource, sys, threading
+    import numpy as np
+    from cropseg import streaming
+    if sys.argv[1] == "default":
+        streaming.MALLOC_SETTINGS.clear()
+    streaming.keep_heap_memory()
+    faults = []
+    def tiles():
+        for _ in range(2):
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            arrays = [np.ones((600, 600), np.float32) for _ in range(80)]  # 115 MB: two 64 MiB sub-heaps
+            del arrays
+            faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    worker = threading.Thread(target=tiles)
+    worker.start()
+    worker.join()
+    print(*faults)
+""")
+
+
+def test_a_worker_threads_second_tile_reuses_its_heap():
+    """A thread's second round of tile-sized temporaries takes no fresh pages (glibc keeps its emptied sub-heaps)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt settings are for glibc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def faults(mode: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", _THREAD_HEAP_CODE, mode], env=env, check=True,
+                             capture_output=True, text=True, timeout=120).stdout
+        return [int(v) for v in out.split()]
+
+    first, second = faults("tuned")
+    assert first > 20_000  # 115 MB of 4 KiB pages, touched for the first time
+    assert second < first // 100
+    # glibc's defaults unmap the emptied sub-heap and fault it in again: the check above can fail
+    assert faults("default")[1] > first // 10

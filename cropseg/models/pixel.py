@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import skops.io as sio
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -35,6 +34,8 @@ _KNN_TRUSTED = [
 
 def load_skops(path: Path, trusted: list[str]) -> Any:
     """Load a skops file, refusing any type outside skops' defaults and ``trusted``."""
+    import skops.io as sio  # imported when used: skops loads all of scikit-learn, and with it torch when installed
+
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:
@@ -112,6 +113,8 @@ class SklearnPixelModel:
         """Write the estimator with skops into ``folder``; return the file written."""
         if self.estimator is None:
             raise ModelError("the model is not fitted")
+        import skops.io as sio
+
         path = folder / self.weights_file
         sio.dump(self.estimator, path)
         return path
