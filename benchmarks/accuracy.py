@@ -327,8 +327,8 @@ def main() -> None:
         "truth `labels.tif`. Data (b): the real Sentinel-2 scene with OSM labels, west half trains, east half "
         "scores (labelled pixels only). Predict Mpx/s: the whole `predict_scene` (read, features, classify, "
         "write the COG) over every pixel of the evaluation scene. Rows \"+ refine\": the same model, its "
-        "probabilities refined by the guided filter (`cropseg.refine`, radius 8, eps 3e-5, step 2: the model "
-        "classifies every second pixel of each row and column, the filter fills in the others), as `cropseg predict` "
+        "probabilities refined by the guided filter (`cropseg.refine`, radius 8, eps 3e-5, step 4: the model "
+        "classifies every fourth pixel of each row and column, the filter fills in the others), as `cropseg predict` "
         "does by default for rf and lgbm; the others without it.",
         "",
         tab,

@@ -9,7 +9,7 @@ computed from the window and its halo (timed: "features"), and the model's ``pre
 classifies them block by block as streaming prediction feeds it (the same row blocks and dtype;
 timed: "classify"), on one thread (OpenMP, joblib and OpenCV limited to one; the streaming engine runs
 one such worker per core). The last row of each direction is the default as `cropseg predict` runs it,
-refinement included (the compiled trees classify every second pixel of each row and column, the guided
+refinement included (the compiled trees classify every fourth pixel of each row and column, the guided
 filter fills in the rest): `predict_proba_window` over the window, timed as a whole ("features +
 classify"). Memory is managed as in prediction (`streaming.keep_heap_memory`: freed arrays stay in the
 heap). Best of ``--repeats``; every row ran in the same invocation.

@@ -17,7 +17,8 @@ kinds, in this output order:
   idle land and dry grass have none: in one late-summer image, this is what separates them
   (BENCHMARKS.md). Averaged over a field-sized window (63 px), faint rows add up and a field's bare
   headland sees the rows beside it. With a stride of 2 (the ``texture`` preset), prediction, which
-  classifies every second pixel of each row and column, runs the Gabor filters at those pixels only.
+  classifies every fourth pixel of each row and column (a multiple of the stride), runs the Gabor filters
+  at every second pixel of each row and column only.
 
 Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
 callers read each tile with that many extra pixels on every side (pixels beyond the image read
@@ -298,8 +299,8 @@ class FeatureSpec:
         texture_windows: odd window sizes (pixels) over which the row-texture energy is averaged.
         texture_stride: the energy is averaged over every ``texture_stride``-th pixel of each row and
             column of those windows (those in step with the centre pixel). 2 in the ``texture`` preset:
-            prediction, which classifies every second pixel (``refine_step``), then computes the Gabor
-            filters at a quarter of the pixels; 1 (every pixel) in model cards written before it existed.
+            prediction, which classifies every fourth pixel (``refine_step``, a multiple of 2), then
+            computes the Gabor filters at a quarter of the pixels; 1 (every pixel) in model cards written before it existed.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS

@@ -47,7 +47,7 @@ class Refinement:
 
     radius: int = 8
     eps: float = 3e-5
-    step: int = 2
+    step: int = 4
 
     def __post_init__(self) -> None:
         if self.radius < 1:

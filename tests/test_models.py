@@ -223,11 +223,12 @@ def test_unet_tiled_matches_whole(unet):
     np.testing.assert_array_equal(tiled >= trained.threshold, whole >= trained.threshold)
 
 
-def test_unet_refined_tiled_matches_whole(unet):
+@pytest.mark.parametrize("step", [2, 4])
+def test_unet_refined_tiled_matches_whole(unet, step):
     trained, _, _, refl, labels = unet
-    refined = dataclasses.replace(trained, refine=Refinement(radius=8))
+    refined = dataclasses.replace(trained, refine=Refinement(radius=8, step=step))
     h = refined.halo
-    assert h == trained.halo + 18
+    assert h == trained.halo + {2: 18, 4: 20}[step]
     padded = np.pad(refl, ((0, 0), (h, h), (h, h)))
     valid = np.ones(labels.shape, bool)
     whole = predict_proba_window(refined, padded, valid, h)

@@ -25,7 +25,7 @@ def _two_fields(seed=0, shape=(48, 60)):
     return guide, proba, left
 
 
-@pytest.mark.parametrize(("radius", "step"), [(4, 1), (8, 2)])  # the exact filter, and the default fast one
+@pytest.mark.parametrize(("radius", "step"), [(4, 1), (8, 2), (8, 4)])  # the exact filter, fast ones (4: default)
 def test_refinement_removes_speckle_and_keeps_field_edges(radius, step):
     guide, proba, left = _two_fields()
     data = np.ones(left.shape, bool)
@@ -76,7 +76,8 @@ def test_fast_filter_is_close_to_the_exact_one():
 
 def test_refinement_settings_are_checked():
     assert Refinement(radius=5, step=1).halo == 10
-    assert Refinement(radius=8).halo == 18  # step 2: 2 * 4 lattice px of fits and their means, 2 px interpolation
+    assert Refinement(radius=8, step=2).halo == 18  # 2 * 4 lattice px of fits and their means, 2 px interpolation
+    assert Refinement(radius=8).halo == 20  # step 4: 2 * 2 lattice px of 4 px, 4 px interpolation
     assert Refinement(radius=8, step=4).halo == Refinement(radius=8, step=4).step * 5
     with pytest.raises(ConfigError, match="radius"):
         Refinement(radius=0)
@@ -88,7 +89,7 @@ def test_refinement_settings_are_checked():
         Refinement(step=0)
     with pytest.raises(ValueError, match="guide"):
         guided_filter(np.zeros((4, 5, 5)), np.zeros((5, 5)), np.ones((5, 5), bool))
-    with pytest.raises(ValueError, match="lattice of step 2"):
+    with pytest.raises(ValueError, match="lattice of step 4"):
         guided_filter(np.zeros((2, 5, 5)), np.zeros((5, 5)), np.ones((5, 5), bool))
     with pytest.raises(ConfigError, match="refine"):
         PredictConfig(refine="maybe")

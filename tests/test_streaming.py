@@ -220,14 +220,15 @@ def toy_window(trained, reflectance, valid, halo):
     return out
 
 
-@pytest.mark.parametrize("kind", ["pixel", "refined", "image"])
+@pytest.mark.parametrize("kind", ["pixel", "refined", "refined2", "image"])
 def test_tiled_prediction_equals_the_whole_image_at_once(setup, tmp_path, kind):
     tmp, files = setup
     scene = open_scene(files["image"])
     trained = _ToyTrained() if kind == "image" else load_model(tmp / "model")
-    if kind == "refined":  # classifies every second pixel: tiles start on even pixels (13 is rounded to 14)
-        trained = with_refinement(trained, PredictConfig(refine="on"))
-        assert trained.stride == 2
+    if kind.startswith("refined"):  # classifies every step-th pixel: tiles start on multiples of the step
+        step = 2 if kind == "refined2" else PredictConfig().refine_step  # 13 px tiles are rounded to 14 / 16
+        trained = with_refinement(trained, PredictConfig(refine="on", refine_step=step))
+        assert trained.stride == step
     window_fn = toy_window if kind == "image" else predict_window
     halo = 8 if kind == "image" else trained.halo  # the default model has context features: a 15 px halo
     refl = scene.read_reflectance()
