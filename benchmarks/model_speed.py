@@ -46,7 +46,7 @@ ROWS = (("KNN reference", "knn", False), ("random forest", "rf", False), ("Light
         ("LightGBM, compiled", "lgbm", True))
 DEFAULT_ROW = "LightGBM, compiled + refined (default)"
 WINDOW = 1024
-MAX_HALO = 64  # px of reflectance read around the window (at least any model's feature halo)
+MAX_HALO = 96  # px of reflectance read around the window (at least any model's feature halo)
 
 
 def best_seconds(run: Callable[[], Any], repeats: int) -> float:

@@ -300,7 +300,8 @@ class FeatureSpec:
         texture_stride: the energy is averaged over every ``texture_stride``-th pixel of each row and
             column of those windows (those in step with the centre pixel). 2 in the ``texture`` preset:
             prediction, which classifies every fourth pixel (``refine_step``, a multiple of 2), then
-            computes the Gabor filters at a quarter of the pixels; 1 (every pixel) in model cards written before it existed.
+            computes the Gabor filters at a quarter of the pixels; 1 (every pixel) in model cards written
+            before it existed.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
