@@ -130,8 +130,9 @@ class PredictConfig:
     4, a per-pixel model classifies every fourth pixel of each row and column only and the filter
     fills in the others from the image (a sixteenth of the classification work; on the held-out
     benchmark data the same accuracy as steps 1 and 2); 1 classifies every pixel.
-    The radius, eps and step were chosen on procedural scenes (benchmarks/refinement.py), not on the
-    benchmark data.
+    The radius and eps were chosen on procedural scenes (benchmarks/refinement.py), not on the
+    benchmark data; step 4 gives up 0.002 weighted F1 there against step 2 for a quarter of its work
+    (BENCHMARKS.md, "Refinement settings").
     """
 
     tile_size: int = 512

@@ -698,7 +698,7 @@ def predict_jobs(
         one :class:`JobResult` per job, in order.
     """
     execution = execution or Execution()
-    keep_heap_memory()  # before the worker threads start: each takes its arena at its first allocation
+    keep_heap_memory()  # before the worker threads allocate their first tile's arrays
     trained = accel.accelerate(trained, accelerate, sum(j.scene.grid.width * j.scene.grid.height for j in jobs))
     halo, stride = model_halo(trained)
     outs = [str(Path(j.out).resolve()) for j in jobs]
