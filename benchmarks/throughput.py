@@ -17,7 +17,7 @@ the whole process tree is summed, polled every 50 ms):
   (refinement as configured by default: on for rf and lgbm); `MODEL:on:raw` without the refinement.
 - `predict+polygons/MODEL` (PSScene size only): prediction, then `polygonize_file`.
 
-This VM's speed drifts by 10 to 20 % from minute to minute, so each row on a scene under
+This VM's speed drifts by 10 to 25 % from minute to minute, so each row on a scene under
 ``--repeat-below`` Mpx is run ``--repeat`` times (one after another) and reported
 by its median run, with the range of its runs. Ratios (I/O limit Mpx/s / prediction Mpx/s) are
 between medians of the same run. Reproduce:
