@@ -64,7 +64,9 @@ class FeaturesConfig:
     ``texture`` (bands, indices, multi-scale mean / std, row texture) for rf, lgbm and unet (the network
     learns its own context, but not the faint rows of harvested fields: BENCHMARKS.md). Non-empty ``indices``,
     ``context``, ``scales``, ``texture`` (periods in px) and ``texture_windows`` (px), and a non-zero
-    ``texture_stride`` (px between the pixels of a texture window; 2 in the preset) replace the preset's.
+    ``texture_stride`` (px between the pixels of a texture window; 4 in the preset) and ``texture_orientations``
+    (directions of the Gabor filters; 12 in the preset), and a non-empty ``texture_base`` (the image they
+    see: ``brightness`` in the preset, or ``red+nir``) replace the preset's.
     """
 
     preset: str = "auto"
@@ -74,6 +76,8 @@ class FeaturesConfig:
     texture: tuple[float, ...] = ()
     texture_windows: tuple[int, ...] = ()
     texture_stride: int = 0
+    texture_orientations: int = 0
+    texture_base: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,20 @@ kinds, in this output order:
 * local context: the mean and standard deviation of some of the above in square windows of a few
   sizes (``scales``). The statistics use valid pixels only (normalised convolution), so nodata
   outside the image, outside the AOI or under a UDM2 mask does not bleed into the context.
-* row texture (``texture``: periods in pixels): how strongly the image (red + NIR, local mean
-  removed) oscillates with that period in its strongest direction, and how much stronger that is
-  than the mean over four directions (Gabor filters at 0, 45, 90 and 135 degrees, energy averaged
-  over each of ``texture_windows``, 15 px by default, at every ``texture_stride``-th pixel of a
-  window's rows and columns). Harvested grain keeps its windrows and fallow its tillage lines while
+* row texture (``texture``: periods in pixels): how strongly an image (``texture_base``: the
+  brightness, i.e. the mean of the bands, or red + NIR; local mean removed) oscillates with that
+  period in its strongest direction, and how much stronger that is than the mean over all directions
+  (Gabor filters in ``texture_orientations`` directions, 12 in the preset: every 15 degrees; energy
+  averaged over each of ``texture_windows``, 15 px by default, at every ``texture_stride``-th pixel of
+  a window's rows and columns). Harvested grain keeps its windrows and fallow its tillage lines while
   idle land and dry grass have none: in one late-summer image, this is what separates them
   (BENCHMARKS.md). Averaged over a field-sized window (63 px), faint rows add up and a field's bare
-  headland sees the rows beside it. With a stride of 2 (the ``texture`` preset), prediction, which
-  classifies every fourth pixel of each row and column (a multiple of the stride), runs the Gabor filters
-  at every second pixel of each row and column only.
+  headland sees the rows beside it. Fields lie at any angle: with four directions 45 degrees apart,
+  rows half-way between two of them keep about a fiftieth of the energy of rows along one (12
+  directions: half or more at every angle), and a model trained where fields run north-south missed
+  diagonal ones. With a stride of 4 (the ``texture`` preset), prediction, which classifies every
+  fourth pixel of each row and column (a multiple of the stride), runs the Gabor filters at those
+  pixels only.
 
 Features that look at neighbours declare a ``halo`` in pixels (half the largest window): tiled
 callers read each tile with that many extra pixels on every side (pixels beyond the image read
@@ -105,6 +109,9 @@ _EVERYWHERE = (slice(None), slice(None))
 TEXTURE_PERIODS: tuple[float, ...] = (2.5, 4.0)
 #: Windows (px) over which the ``texture`` preset averages the Gabor energy: 15 px, and 63 px (about a field).
 TEXTURE_WINDOWS: tuple[int, ...] = (15, 63)
+#: The image the Gabor filters of the row texture see: ``red+nir`` (the sum of the two bands; model cards written
+#: before ``texture_base`` existed) or ``brightness`` (the mean of all bands: the ``texture`` preset).
+TEXTURE_BASES: tuple[str, ...] = ("red+nir", "brightness")
 _HIGHPASS = 9  # px window of the local mean removed before the Gabor filters
 _TEXTURE_WINDOW = 15  # default px window over which the Gabor energy is averaged
 
@@ -117,19 +124,27 @@ def _texture_halo(period: float, window: int = _TEXTURE_WINDOW) -> int:
     return _HIGHPASS // 2 + _gabor_radius(period) + window // 2
 
 
-def _gabor_kernels(period: float) -> tuple[np.ndarray, ...]:
+_Kernels = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _gabor_kernels(period: float, orientations: int = 4) -> tuple[np.ndarray, list[_Kernels]]:
     """1-D factors of the Gabor filters of this period (Gaussian sigma 0.8 period), see :func:`_gabor_energies`.
 
-    Returns the Gaussian, its products with the cosine and sine of the 0 / 90 degree frequency, and
-    those of the 45 / 135 degree frequency (the diagonal frequency's component along one axis).
+    Returns the Gaussian and, for each direction k * 180 / ``orientations`` degrees from 0 up to and
+    including 90, the Gaussian times the cosine and sine of the direction's frequency along the rows
+    (horizontal) and along the columns (vertical): (cos_h, sin_h, cos_v, sin_v).
     """
     sigma = 0.8 * period
     r = _gabor_radius(period)
     t = np.arange(-r, r + 1, dtype=np.float64)
     env = np.exp(-(t**2) / (2 * sigma**2))
     w = 2 * np.pi / period
-    d = w / math.sqrt(2)
-    return env, env * np.cos(w * t), env * np.sin(w * t), env * np.cos(d * t), env * np.sin(d * t)
+    out: list[_Kernels] = []
+    for k in range(orientations // 2 + 1):
+        angle = math.pi * k / orientations
+        h, v = w * math.cos(angle), w * math.sin(angle)
+        out.append((env * np.cos(h * t), env * np.sin(h * t), env * np.cos(v * t), env * np.sin(v * t)))
+    return env, out
 
 
 def _energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:
@@ -139,64 +154,74 @@ def _energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:
     return re
 
 
-def _gabor_energies(x: np.ndarray, period: float) -> list[np.ndarray]:
-    """|x * g|^2 for the Gabor filters g of this period at 0, 45, 90 and 135 degrees (Gaussian sigma 0.8 period).
+def _oriented_energies(
+    period: float, orientations: int, down: Callable[[np.ndarray], np.ndarray],
+    across: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> list[np.ndarray]:
+    """The energies of :func:`_gabor_energies`, given the 1-D passes along the columns (``down``) and rows (``across``).
 
-    Each filter is the product of two 1-D complex filters (a Gaussian times a complex exponential
-    along each axis), so it runs as 1-D passes along the rows and then the columns, and filters
-    that share a pass compute it once: the real and imaginary parts of the 0 (90) degree filter
-    share their Gaussian pass along the columns (rows), and the 45 and 135 degree filters share all
-    of theirs (they differ only in the sign of the horizontal frequency): 12 passes instead of 16.
-    Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the input has its local mean removed.
+    ``across(y, kernel)`` filters ``y`` (the output of a ``down`` pass) along the rows.
     """
-    env, cos_w, sin_w, c, s_ = _gabor_kernels(period)
-    # 0 degrees: oscillation along the rows only
-    down = correlate_1d(x, env, along_rows=False)
-    e0 = _energy(correlate_1d(down, cos_w), correlate_1d(down, sin_w))
-    # 90 degrees: oscillation along the columns only
-    across = correlate_1d(x, env)
-    e90 = _energy(correlate_1d(across, cos_w, along_rows=False), correlate_1d(across, sin_w, along_rows=False))
-    # 45 and 135 degrees: (c + i s) along both axes; 135 is 45 with the horizontal frequency negated (c - i s)
-    rc, rs = correlate_1d(x, c), correlate_1d(x, s_)
-    cc, ss = correlate_1d(rc, c, along_rows=False), correlate_1d(rs, s_, along_rows=False)
-    cs, sc = correlate_1d(rc, s_, along_rows=False), correlate_1d(rs, c, along_rows=False)
-    e45 = _energy(cc - ss, cs + sc)
-    cc += ss
-    cs -= sc
-    return [e0, e45, e90, _energy(cc, cs)]
+    env, kernels = _gabor_kernels(period, orientations)
+    half = orientations // 2
+    out: list[np.ndarray] = [np.empty(0)] * orientations
+    for k, (cos_h, sin_h, cos_v, sin_v) in enumerate(kernels):
+        if k == 0:  # oscillation along the rows only
+            g = down(env)
+            out[0] = _energy(across(g, cos_h), across(g, sin_h))
+        elif k == half:  # oscillation along the columns only
+            out[k] = _energy(across(down(cos_v), env), across(down(sin_v), env))
+        else:  # (cos_h + i sin_h)(cos_v + i sin_v); 180 - angle negates the horizontal frequency
+            dc, ds = down(cos_v), down(sin_v)
+            cc, ss = across(dc, cos_h), across(ds, sin_h)
+            cs, sc = across(ds, cos_h), across(dc, sin_h)
+            out[k] = _energy(cc - ss, cs + sc)
+            cc += ss
+            cs -= sc
+            out[orientations - k] = _energy(cc, cs)
+    return out
 
 
-def _lattice_gabor_energies(x: np.ndarray, period: float, rows: slice, cols: slice) -> list[np.ndarray]:
+def _gabor_energies(x: np.ndarray, period: float, orientations: int = 4) -> list[np.ndarray]:
+    """|x * g|^2 for the Gabor filters g of this period in ``orientations`` directions (k * 180 / orientations degrees).
+
+    The Gaussian is sigma 0.8 period. Each filter is the product of two 1-D complex filters (a
+    Gaussian times a complex exponential along each axis), so it runs as 1-D passes along the columns
+    and then the rows, and filters that share a pass compute it once: the real and imaginary parts of
+    the 0 (90) degree filter share their Gaussian pass, and the filters at an angle and at 180 degrees
+    minus it share all of theirs (they differ only in the sign of the horizontal frequency): 12 passes
+    for 4 directions, 24 for 8. Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the
+    input has its local mean removed.
+    """
+    return _oriented_energies(
+        period, orientations, lambda kernel: correlate_1d(x, kernel, along_rows=False), correlate_1d
+    )
+
+
+def _lattice_gabor_energies(
+    x: np.ndarray, period: float, rows: slice, cols: slice, orientations: int = 4
+) -> list[np.ndarray]:
     """:func:`_gabor_energies` at the pixels of ``rows`` x ``cols`` only (explicit starts, steps > 1).
 
     The passes along the columns come first and are computed at the rows of ``rows`` only
-    (:func:`correlate_1d_at`); the passes along the rows then run over those rows and are kept at the
-    columns of ``cols``: 6.5 full-image passes' worth of work instead of 12 for a step of 2. The
-    filters are separable, so the order of the passes does not change the values (beyond rounding).
+    (:func:`correlate_1d_at`); the passes along the rows then run over those rows at the columns of
+    ``cols`` only (the same function on the transposed result): for a step of 4 and four directions,
+    1.5 full-image passes' worth of work instead of 12. The filters are separable, so the order of the
+    passes does not change the values (beyond rounding).
     """
-    env, cos_w, sin_w, c, s_ = _gabor_kernels(period)
 
-    def down(kernel: np.ndarray) -> np.ndarray:
-        return correlate_1d_at(x, kernel, rows)
+    def down(kernel: np.ndarray) -> np.ndarray:  # transposed, so that the passes along the rows run down it
+        return np.ascontiguousarray(correlate_1d_at(x, kernel, rows).T)
 
     def across(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(correlate_1d(y, kernel)[:, cols])
+        return correlate_1d_at(y, kernel, cols)
 
-    g = down(env)
-    e0 = _energy(across(g, cos_w), across(g, sin_w))
-    e90 = _energy(across(down(cos_w), env), across(down(sin_w), env))
-    dc, ds = down(c), down(s_)
-    cc, ss = across(dc, c), across(ds, s_)
-    cs, sc = across(dc, s_), across(ds, c)
-    e45 = _energy(cc - ss, cs + sc)
-    cc += ss
-    cs -= sc
-    return [e0, e45, e90, _energy(cc, cs)]
+    return [np.ascontiguousarray(e.T) for e in _oriented_energies(period, orientations, down, across)]
 
 
 def row_texture(
     red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE,
-    windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False, stride: int = 1,
+    windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False, stride: int = 1, orientations: int = 4,
 ) -> list[np.ndarray]:
     """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
 
@@ -206,9 +231,10 @@ def row_texture(
     of ``inner`` is valid, so that no window needs normalising (the same values, computed faster). With
     ``stride`` > 1 the energy is averaged over every ``stride``-th pixel of each row and column of a window
     (those in step with its centre, see :func:`box_means`): where ``inner`` keeps every ``stride``-th pixel
-    (or a multiple) the energies are then needed, and computed, at those pixels only.
+    (or a multiple) the energies are then needed, and computed, at those pixels only. ``orientations``: how
+    many directions, 180 / orientations degrees apart, the Gabor filters take.
     """
-    return _row_textures(red_nir, mask, (period,), inner, windows, full, stride)
+    return _row_textures(red_nir, mask, (period,), inner, windows, full, stride, orientations)
 
 
 def _texture_lattice(
@@ -239,24 +265,24 @@ def _texture_lattice(
 
 
 def _row_textures(
-    red_nir: np.ndarray, mask: np.ndarray, periods: tuple[float, ...], inner: tuple[slice, slice],
-    windows: tuple[int, ...], full: bool, stride: int = 1,
+    image: np.ndarray, mask: np.ndarray, periods: tuple[float, ...], inner: tuple[slice, slice],
+    windows: tuple[int, ...], full: bool, stride: int = 1, orientations: int = 4,
 ) -> list[np.ndarray]:
     """:func:`row_texture` of each of ``periods`` in turn; the high-pass and the window normalisation are shared."""
     if full:
-        x = red_nir.astype(np.float32, copy=False)
+        x = image.astype(np.float32, copy=False)
         x = x - window_mean(x, _HIGHPASS, None)
     else:
-        x = np.where(mask, red_nir, 0).astype(np.float32)
+        x = np.where(mask, image, 0).astype(np.float32)
         x = np.where(mask, x - window_mean(x, _HIGHPASS, inverse_count(mask, _HIGHPASS)), 0).astype(np.float32)
     lattice = _texture_lattice(inner, x.shape, periods, windows, stride)
     energies: Callable[[float], list[np.ndarray]]
     if lattice is None:
-        energies = partial(_gabor_energies, x)
+        energies = partial(_gabor_energies, x, orientations=orientations)
         valid, where, sizes, by = mask, inner, windows, stride
     else:  # energies on the lattice of the kept pixels; each strided window is a plain one there
         rows, cols, where = lattice
-        energies = partial(_lattice_gabor_energies, x, rows=rows, cols=cols)
+        energies = partial(_lattice_gabor_energies, x, rows=rows, cols=cols, orientations=orientations)
         valid, sizes, by = mask[rows, cols], tuple(2 * (w // 2 // stride) + 1 for w in windows), 1
     inverses: Sequence[np.ndarray | None] = [None] * len(windows) if full else _inverse_counts(valid, sizes, where, by)
     invalid = None if full else ~valid
@@ -298,10 +324,14 @@ class FeatureSpec:
         texture: periods (pixels, 2 to 16) of the row-texture features.
         texture_windows: odd window sizes (pixels) over which the row-texture energy is averaged.
         texture_stride: the energy is averaged over every ``texture_stride``-th pixel of each row and
-            column of those windows (those in step with the centre pixel). 2 in the ``texture`` preset:
-            prediction, which classifies every fourth pixel (``refine_step``, a multiple of 2), then
-            computes the Gabor filters at a quarter of the pixels; 1 (every pixel) in model cards written
-            before it existed.
+            column of those windows (those in step with the centre pixel). 4 in the ``texture`` preset:
+            prediction, which classifies every fourth pixel (``refine_step``, a multiple of 4), then
+            computes the Gabor filters at a sixteenth of the pixels; 1 (every pixel) in model cards
+            written before it existed.
+        texture_orientations: directions of the Gabor filters, 180 / n degrees apart (an even number, 4 to
+            16): 12 in the ``texture`` preset, 4 in model cards written before it existed.
+        texture_base: the image the Gabor filters see (:data:`TEXTURE_BASES`): ``brightness`` in the
+            ``texture`` preset, ``red+nir`` in model cards written before it existed.
     """
 
     bands: tuple[str, ...] = PLANETSCOPE_BANDS
@@ -313,6 +343,8 @@ class FeatureSpec:
     texture: tuple[float, ...] = ()
     texture_windows: tuple[int, ...] = (_TEXTURE_WINDOW,)
     texture_stride: int = 1
+    texture_orientations: int = 4
+    texture_base: str = "red+nir"
 
     def __post_init__(self) -> None:
         unknown = [i for i in self.indices if i not in INDICES]
@@ -343,6 +375,12 @@ class FeatureSpec:
             raise ConfigError(f"texture windows must be odd window sizes >= 3, got {list(self.texture_windows)}")
         if not 1 <= self.texture_stride <= 4:
             raise ConfigError(f"the texture stride must be 1 to 4 pixels, got {self.texture_stride}")
+        if self.texture_base not in TEXTURE_BASES:
+            raise ConfigError(f"unknown texture base {self.texture_base!r}; choose one of: {', '.join(TEXTURE_BASES)}")
+        if self.texture_orientations not in range(4, 17, 2):
+            raise ConfigError(
+                f"texture orientations must be an even number from 4 to 16, got {self.texture_orientations}"
+            )
         if self.texture and not {"red", "nir"} <= set(self.bands):
             raise ConfigError(f"texture features need red and nir bands, not among {list(self.bands)}")
 
@@ -375,6 +413,8 @@ class FeatureSpec:
             "texture": list(self.texture),
             "texture_windows": list(self.texture_windows),
             "texture_stride": self.texture_stride,
+            "texture_orientations": self.texture_orientations,
+            "texture_base": self.texture_base,
         }
 
     @classmethod
@@ -390,6 +430,8 @@ class FeatureSpec:
             texture=tuple(float(p) for p in data.get("texture", ())),
             texture_windows=tuple(int(w) for w in data.get("texture_windows", (_TEXTURE_WINDOW,))),
             texture_stride=int(data.get("texture_stride", 1)),
+            texture_orientations=int(data.get("texture_orientations", 4)),
+            texture_base=str(data.get("texture_base", "red+nir")),
         )
 
     def with_bands(self, bands: tuple[str, ...]) -> FeatureSpec:
@@ -412,7 +454,9 @@ FEATURE_PRESETS: dict[str, FeatureSpec] = {
         scales=(3, 7, 15, 31),
         texture=TEXTURE_PERIODS,
         texture_windows=TEXTURE_WINDOWS,
-        texture_stride=2,
+        texture_stride=4,
+        texture_orientations=12,
+        texture_base="brightness",
     ),
 }
 
@@ -680,10 +724,11 @@ def compute_features(
                 _stats_into({stat: out[i + k] for k, stat in enumerate(spec.stats)}, mean, sq, inv)
                 i += len(spec.stats)
     if spec.texture:
-        red_nir = bands["red"] + bands["nir"]
+        image = bands["red"] + bands["nir"] if spec.texture_base == "red+nir" else _brightness(bands)
         # every window of every period lies inside the fully valid array
         reach = full and crop >= _texture_halo(max(spec.texture), max(spec.texture_windows))
-        planes = _row_textures(red_nir, mask, spec.texture, inner, spec.texture_windows, reach, spec.texture_stride)
+        planes = _row_textures(image, mask, spec.texture, inner, spec.texture_windows, reach, spec.texture_stride,
+                               spec.texture_orientations)
         for plane in planes:
             out[i] = plane
             i += 1

@@ -111,7 +111,8 @@ def resolve_features(kind: str, bands: tuple[str, ...], config: FeaturesConfig |
     overrides: dict[str, Any] = {
         "indices": tuple(cfg.indices), "context": tuple(cfg.context), "scales": tuple(cfg.scales),
         "texture": tuple(float(p) for p in cfg.texture), "texture_windows": tuple(cfg.texture_windows),
-        "texture_stride": cfg.texture_stride,
+        "texture_stride": cfg.texture_stride, "texture_orientations": cfg.texture_orientations,
+        "texture_base": cfg.texture_base,
     }
     if any(overrides.values()):
         spec = replace(spec, **{k: v for k, v in overrides.items() if v})

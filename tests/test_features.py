@@ -127,23 +127,24 @@ def test_tiled_features_equal_whole(tile, seed, crop):
 
 
 @settings(max_examples=6, deadline=None)
-@given(tile=st.integers(9, 33), seed=st.integers(0, 3), stride=st.sampled_from([1, 2]))
+@given(tile=st.integers(9, 33), seed=st.integers(0, 3), stride=st.sampled_from([1, 2, 4]))
 def test_tiled_texture_equals_whole(tile, seed, stride):
     spec = replace(FEATURE_PRESETS["texture"], texture_stride=stride)
     _assert_tiled_equals_whole(spec, _refl(60, 52, seed), tile, 2e-5, True)
 
 
-def test_texture_stride_changes_the_energy_windows_only():
+@pytest.mark.parametrize("stride", [2, 4])
+def test_texture_stride_changes_the_energy_windows_only(stride):
     refl = _refl(90, 96, 2)
-    spec = FEATURE_PRESETS["texture"]
+    spec = replace(FEATURE_PRESETS["texture"], texture_stride=stride)
     every = compute_features(refl, replace(spec, texture_stride=1))
     strided = compute_features(refl, spec)
     texture = [i for i, n in enumerate(spec.names) if n.startswith("rows")]
     others = [i for i in range(len(spec.names)) if i not in texture]
     assert np.array_equal(every[others], strided[others])
     assert not np.allclose(every[texture], strided[texture], rtol=1e-3)
-    # a mean energy over a quarter of the window's pixels: close to the mean over all of them
-    energy = [i for i, n in enumerate(spec.names) if "_energy" in n]
+    # a mean energy over a quarter (a sixteenth) of the field-sized window's pixels: close to the mean over all
+    energy = [i for i, n in enumerate(spec.names) if n.endswith("_energy63")]
     np.testing.assert_allclose(np.exp(strided[energy]), np.exp(every[energy]), rtol=0.5)
 
 
@@ -175,6 +176,46 @@ def test_row_texture_finds_rows_in_any_direction():
     # other periods respond less
     stripes4 = 0.3 + 0.03 * np.cos(2 * np.pi * xx / 4.0) + noise
     assert row_texture(stripes4, mask, 4.0)[0][core].mean() > row_texture(stripes4, mask, 8.0)[0][core].mean()
+
+
+@pytest.mark.parametrize("period", [2.5, 4.0])
+def test_twelve_directions_see_rows_at_any_angle(period):
+    # rows every 7.5 degrees from 0 to 90: with 4 directions 45 degrees apart, rows half-way between two
+    # of them (22.5 degrees) leave a fiftieth of the energy of rows along one; with 12 directions every
+    # angle keeps at least half of it
+    size = 96
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    mask = np.ones((size, size), bool)
+    core = (slice(40, 56), slice(40, 56))
+
+    def energies(orientations):
+        out = []
+        for angle in np.radians(np.arange(0, 91, 7.5)):
+            u = xx * np.cos(angle) + yy * np.sin(angle)
+            image = (0.3 + 0.03 * np.cos(2 * np.pi * u / period)).astype(np.float32)
+            out.append(np.exp(row_texture(image, mask, period, orientations=orientations)[0][core].mean()))
+        return np.array(out)
+
+    four, twelve = energies(4), energies(12)
+    assert four.min() < 0.05 * four.max()
+    assert twelve.min() > 0.45 * twelve.max()
+    # 0 and 90 degrees are among the directions of both
+    np.testing.assert_allclose(twelve[[0, -1]], four[[0, -1]], rtol=1e-4)
+
+
+def test_texture_base_is_the_brightness_or_red_plus_nir():
+    noise = np.random.default_rng(5).normal(0, 0.002, (4, 90, 96)).astype(np.float32)
+    plain = np.float32(0.15) + noise
+    rows = plain.copy()
+    rows[0] += 0.02 * np.cos(np.arange(96) * 2 * np.pi / 4.0)[None, :].astype(np.float32)  # rows in blue only
+    spec = FEATURE_PRESETS["texture"]
+    assert spec.texture_base == "brightness" and spec.texture_orientations == 12
+    energy = spec.names.index("rows4_energy63")
+    core = (slice(40, 50), slice(40, 56))
+    assert compute_features(rows, spec)[energy][core].mean() > compute_features(plain, spec)[energy][core].mean() + 2
+    # red + NIR does not see rows in the blue band
+    red_nir = replace(spec, texture_base="red+nir")
+    np.testing.assert_allclose(compute_features(rows, red_nir)[energy], compute_features(plain, red_nir)[energy])
 
 
 def test_field_sized_texture_window_reaches_a_bare_headland():
@@ -246,11 +287,14 @@ def test_names_match_output_and_round_trip():
     assert texture.names[-4:] == ["rows4_energy", "rows4_anisotropy", "rows4_energy63", "rows4_anisotropy63"]
     assert texture.halo == 45  # 9 px high-pass, the 4 px period's Gabor radius of 10 px, the 63 px window
     assert FeatureSpec.from_dict(texture.to_dict()) == texture
-    # model cards from before the texture stride keep their features: every pixel of the windows
-    assert texture.texture_stride == 2
+    # model cards from before the texture stride, directions and base keep their features: every pixel of
+    # the windows, four directions, red + NIR
+    assert texture.texture_stride == 4
     card = texture.to_dict()
-    del card["texture_stride"]
-    assert FeatureSpec.from_dict(card).texture_stride == 1
+    for key in ("texture_stride", "texture_orientations", "texture_base"):
+        del card[key]
+    old = FeatureSpec.from_dict(card)
+    assert (old.texture_stride, old.texture_orientations, old.texture_base) == (1, 4, "red+nir")
     # cards written before texture windows existed averaged over 15 px
     card = {**texture.to_dict(), "texture": [4.0]}
     del card["texture_windows"]
@@ -270,10 +314,18 @@ def test_names_match_output_and_round_trip():
         ({"texture": (4.0,), "texture_windows": (16,)}, "texture windows"),
         ({"texture": (4.0,), "texture_windows": ()}, "texture windows"),
         ({"texture": (4.0,), "texture_stride": 0}, "texture stride"),
+        ({"texture": (4.0,), "texture_orientations": 6}, None),
+        ({"texture": (4.0,), "texture_orientations": 5}, "texture orientations"),
+        ({"texture": (4.0,), "texture_orientations": 2}, "texture orientations"),
+        ({"texture": (4.0,), "texture_orientations": 18}, "texture orientations"),
+        ({"texture": (4.0,), "texture_base": "ndvi"}, "unknown texture base"),
         ({"bands": ("a", "b", "c", "d"), "texture": (4.0,)}, "red and nir"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, match):
+    if match is None:
+        assert FeatureSpec(**kwargs).texture_orientations == kwargs["texture_orientations"]
+        return
     with pytest.raises(ConfigError, match=match):
         FeatureSpec(**kwargs)
     with pytest.raises(ConfigError, match="unknown feature set"):

@@ -136,7 +136,7 @@ def test_feature_overrides_from_the_config_replace_only_what_they_name():
     assert spec.texture == (4.0,) and spec.texture_windows == (31,)
     assert (spec.indices, spec.context, spec.scales) == (preset.indices, preset.context, preset.scales)
     assert spec.names[-2:] == ["rows4_energy31", "rows4_anisotropy31"]
-    assert spec.texture_stride == preset.texture_stride == 2
+    assert spec.texture_stride == preset.texture_stride == 4
     assert resolve_features("lgbm", PLANETSCOPE_BANDS, FeaturesConfig(texture_stride=1)).texture_stride == 1
     with pytest.raises(ConfigError, match="context features and scales"):  # the knn preset has no context
         resolve_features("knn", PLANETSCOPE_BANDS, FeaturesConfig(scales=(5,)))
