@@ -204,19 +204,19 @@ def _lattice_gabor_energies(
     """:func:`_gabor_energies` at the pixels of ``rows`` x ``cols`` only (explicit starts, steps > 1).
 
     The passes along the columns come first and are computed at the rows of ``rows`` only
-    (:func:`correlate_1d_at`); the passes along the rows then run over those rows at the columns of
-    ``cols`` only (the same function on the transposed result): for a step of 4 and four directions,
-    1.5 full-image passes' worth of work instead of 12. The filters are separable, so the order of the
-    passes does not change the values (beyond rounding).
+    (:func:`correlate_1d_at`); the passes along the rows then run over those rows and are kept at the
+    columns of ``cols``. The filters are separable, so the order of the passes does not change the
+    values (beyond rounding). (Computing the passes along the rows at the kept columns only, in the
+    same polyphase form on the transposed array, was measured no faster at a step of 4.)
     """
 
-    def down(kernel: np.ndarray) -> np.ndarray:  # transposed, so that the passes along the rows run down it
-        return np.ascontiguousarray(correlate_1d_at(x, kernel, rows).T)
+    def down(kernel: np.ndarray) -> np.ndarray:
+        return correlate_1d_at(x, kernel, rows)
 
     def across(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        return correlate_1d_at(y, kernel, cols)
+        return np.ascontiguousarray(correlate_1d(y, kernel)[:, cols])
 
-    return [np.ascontiguousarray(e.T) for e in _oriented_energies(period, orientations, down, across)]
+    return _oriented_energies(period, orientations, down, across)
 
 
 def row_texture(
