@@ -188,9 +188,9 @@ def _gabor_energies(x: np.ndarray, period: float, orientations: int = 4) -> list
     The Gaussian is sigma 0.8 period. Each filter is the product of two 1-D complex filters (a
     Gaussian times a complex exponential along each axis), so it runs as 1-D passes along the columns
     and then the rows, and filters that share a pass compute it once: the real and imaginary parts of
-    the 0 (90) degree filter share their Gaussian pass, and the filters at an angle and at 180 degrees
-    minus it share all of theirs (they differ only in the sign of the horizontal frequency): 12 passes
-    for 4 directions, 24 for 8. Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the
+    the 0 degree filter share their Gaussian pass, and the filters at an angle and at 180 degrees
+    minus it share all of theirs (they differ only in the sign of the horizontal frequency): 13 passes
+    for 4 directions, 37 for 12. Their DC response (exp(-2 (0.8 pi)^2), about 3e-6) is left in: the
     input has its local mean removed.
     """
     return _oriented_energies(
