@@ -223,7 +223,9 @@ def row_texture(
     red_nir: np.ndarray, mask: np.ndarray, period: float, inner: tuple[slice, slice] = _EVERYWHERE,
     windows: tuple[int, ...] = (_TEXTURE_WINDOW,), *, full: bool = False, stride: int = 1, orientations: int = 4,
 ) -> list[np.ndarray]:
-    """Row-texture energy and anisotropy of ``red_nir`` (red + NIR reflectance) at ``period`` px.
+    """Row-texture energy and anisotropy of the image ``red_nir`` at ``period`` px.
+
+    ``red_nir`` is what the filters see: red + NIR reflectance, or the brightness (:data:`TEXTURE_BASES`).
 
     Returns, for each of ``windows`` (px, over which the energies are averaged), the log of the strongest
     direction's mean energy and strongest / mean over the directions, float32 on ``inner``. Pixels outside
