@@ -11,13 +11,14 @@ blocked validation folds), and scored against the image-year truth:
   that the image shows as soil, so the model's crop areas are slightly smaller than the truth's);
 - the unrefined probabilities averaged within image segments: Felzenszwalb's graph segmentation
   (scikit-image) of the reflectance, reduced by 2 or 4 px (the refinement's lattice), at two scales;
-- the probabilities averaged within the evaluation area's field polygons as a user would have them, geometry
-  only (DWR: the survey's polygons of the label year, from which `cropseg synth` drew the scene, so they fit its
-  fields exactly; Sentinel-2: the OSM land-use polygons that label it); pixels outside keep the default;
+- `cropseg fields` (`cropseg.fields`): the probabilities averaged within the evaluation area's field
+  polygons as a user would have them, geometry only (DWR: the survey's polygons of the label year, from
+  which `cropseg synth` drew the scene, so they fit its fields exactly; Sentinel-2: the OSM land-use
+  polygons that label it); pixels outside keep their own decision;
 - an oracle (DWR only): the probabilities averaged within the true land-cover regions of the scene
   (connected pixels of one cover, from `cover_labels.tif`): a bound on what field-level decisions
   could give with perfect fields. It also knows the bare headlands belong to their fields;
-- the field polygons inside them and the segments' parts outside them (unrefined probabilities).
+- the field polygons and, outside them, the segments' parts outside them (unrefined probabilities).
 
     python benchmarks/object_level.py [--workdir /tmp/cropseg-bench]
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import geopandas as gpd
 import numpy as np
 from scipy import ndimage
 
@@ -44,6 +46,7 @@ from benchmarks.accuracy import OSM_CROP, OSM_NONCROP, S2  # noqa: E402
 from benchmarks.texture_directions import datasets  # noqa: E402
 from cropseg.config import Config  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
+from cropseg.fields import accumulate, decide, field_ids, field_means, fields_on_grid  # noqa: E402
 from cropseg.grid import Window  # noqa: E402
 from cropseg.models import TrainedModel  # noqa: E402
 from cropseg.predict import predict_proba_window, with_refinement  # noqa: E402
@@ -83,18 +86,19 @@ def cover_regions(cover: np.ndarray) -> np.ndarray:
     return regions
 
 
-def polygon_ids(label: str, scene: Scene) -> np.ndarray:
-    """Field ids (1, 2, ...; 0 outside) of the evaluation area's polygons, rasterized on the scene's grid."""
-    from rasterio.features import rasterize
-
+def area_fields(label: str) -> gpd.GeoDataFrame:
+    """The evaluation area's field polygons (geometry; their classes are not used)."""
     if label.startswith("DWR"):
-        fields = read_vector(DWR / f"ground-truth-{label.split('->')[1]}.geojson")
-    else:
-        osm = read_vector(next(S2.glob("gis_osm_*.gpkg")))
-        fields = osm[osm["fclass"].isin(OSM_CROP + OSM_NONCROP)]
-    g = scene.grid
-    shapes = ((geom, i + 1) for i, geom in enumerate(fields.to_crs(g.crs).geometry) if geom is not None)
-    return np.asarray(rasterize(shapes, out_shape=(g.height, g.width), transform=g.transform, fill=0, dtype="int32"))
+        return read_vector(DWR / f"ground-truth-{label.split('->')[1]}.geojson")
+    osm = read_vector(next(S2.glob("gis_osm_*.gpkg")))
+    return osm[osm["fclass"].isin(OSM_CROP + OSM_NONCROP)]
+
+
+def decided_per_field(proba: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
+    """`cropseg fields`' decision of the whole scene's probabilities (its tiles sum to the same field means)."""
+    totals = np.zeros((2, int(ids.max()) + 1))
+    accumulate(totals, proba, ids)
+    return decide(proba, ids, field_means(totals), threshold)
 
 
 def segments(reflectance: np.ndarray, reduce: int, scale: int) -> tuple[np.ndarray, float]:
@@ -161,10 +165,12 @@ def main() -> None:
                            cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
         wf1, nc, _ = judge(default, crop=grown)
         found["default, crop mask grown by 1 px"] = (wf1, nc, "")
-        ids = polygon_ids(label, scene)
-        for name, proba in (("unrefined", raw), ("refined", default)):
-            wf1, nc, _ = judge(np.where(ids > 0, region_mean(proba, ids), default))
-            found[f"mean within the area's field polygons ({name})"] = (wf1, nc, "")
+        grid = scene.grid
+        ids = field_ids(fields_on_grid(area_fields(label), grid), grid, Window(0, 0, grid.width, grid.height))
+        for name, proba in (("", default), (" --no-refine", raw)):
+            decided = decided_per_field(proba, ids, threshold)
+            wf1, nc, _ = judge(proba, crop=np.where(decided == 255, 0, decided))
+            found[f"`cropseg fields{name}`: mean within the area's field polygons"] = (wf1, nc, "")
         reflectance = scene.read_reflectance()
         inside = region_mean(raw, ids)
         for reduce, scale in SEGMENTATIONS:

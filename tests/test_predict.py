@@ -2,23 +2,17 @@ import numpy as np
 import pytest
 import rasterio
 
-from cropseg.config import Config, TrainConfig
 from cropseg.errors import InvalidRasterError
 from cropseg.models import load_model
 from cropseg.predict import predict_from_files, predict_scene
 from cropseg.raster_io import write_raster
 from cropseg.scene import open_scene
 from cropseg.testing import expected_labels, make_grid, write_test_scene
-from cropseg.train import train_from_files
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pred")
-    files = write_test_scene(tmp / "scene")
-    cfg = Config().replace(train=TrainConfig(cv_block=8, k_values=(3, 5)))
-    train_from_files(files["image"], files["truth"], tmp / "model", config=cfg)
-    return tmp, files
+@pytest.fixture
+def trained(tiny_model):
+    return tiny_model
 
 
 def test_prediction_is_a_cog_on_the_input_grid(trained):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator
@@ -39,6 +40,21 @@ FieldOpt = Annotated[
 ]
 ClassesOpt = Annotated[str, typer.Option("--crop-classes", help="Comma-separated values of the field that are crop.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (see cropseg.config).")]
+TileSizeOpt = Annotated[
+    int | None, typer.Option("--tile-size", help="Tile side in px, rounded to the blocks (default: config).")
+]
+RefineOpt = Annotated[
+    bool | None,
+    typer.Option("--refine/--no-refine", help="Smooth probabilities within the image's fields (guided filter; "
+                 "default: config, on for rf and lgbm)."),
+]
+
+
+def with_refine(cfg: Config, refine: bool | None) -> Config:
+    """``cfg`` with ``--refine/--no-refine`` applied when given."""
+    if refine is None:
+        return cfg
+    return cfg.replace(predict=dataclasses.replace(cfg.predict, refine="on" if refine else "off"))
 
 
 def _fail(message: str) -> None:

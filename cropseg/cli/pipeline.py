@@ -1,8 +1,7 @@
-"""Commands of the pipeline stages: synth, train, predict, evaluate, polygonize, demo."""
+"""Commands of the pipeline stages: synth, train, predict, fields, evaluate, polygonize, demo."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,8 @@ from cropseg.cli._app import (
     ImageOpt,
     MetadataOpt,
     ProductOpt,
+    RefineOpt,
+    TileSizeOpt,
     Udm2Opt,
     _classes,
     _config,
@@ -26,6 +27,7 @@ from cropseg.cli._app import (
     console,
     handle_errors,
     progress_bars,
+    with_refine,
 )
 
 
@@ -152,14 +154,8 @@ def predict(
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Continue a killed run from OUT.partial/ (default) or redo.")
     ] = True,
-    tile_size: Annotated[
-        int | None, typer.Option("--tile-size", help="Tile side in px, rounded to the blocks (default: config).")
-    ] = None,
-    refine: Annotated[
-        bool | None,
-        typer.Option("--refine/--no-refine", help="Smooth probabilities within the image's fields (guided filter; "
-                     "default: config, on for rf and lgbm)."),
-    ] = None,
+    tile_size: TileSizeOpt = None,
+    refine: RefineOpt = None,
 ) -> None:
     """Predict crop / non-crop over whole scenes (uint8 COGs: 1 crop, 0 non-crop, 255 nodata)."""
     from cropseg.mosaic import expand_inputs, predict_many
@@ -177,9 +173,7 @@ def predict(
         local_mode="processes" if processes else "threads", dask_address=dask_address,
     )
     scenes = expand_inputs(image)
-    cfg = _config(config)
-    if refine is not None:
-        cfg = cfg.replace(predict=dataclasses.replace(cfg.predict, refine="on" if refine else "off"))
+    cfg = with_refine(_config(config), refine)
     with progress_bars() as progress:
         if len(scenes) == 1 and not mosaic:
             path = predict_from_files(
@@ -198,6 +192,41 @@ def predict(
     else:
         for path in outputs:
             console.print(f"Prediction written to {path}")
+
+
+@app.command()
+@handle_errors
+def fields(
+    model: Annotated[Path, typer.Option("--model", help="Model directory from cropseg train.")],
+    image: ImageOpt,
+    fields_path: Annotated[
+        Path,
+        typer.Option("--fields", help="Field boundaries (GeoJSON, GeoPackage, shapefile): one polygon per field; "
+                     "attributes are kept, classes are not used."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    metadata: MetadataOpt = None,
+    udm2: Udm2Opt = None,
+    product: ProductOpt = "auto",
+    config: ConfigOpt = None,
+    tile_size: TileSizeOpt = None,
+    refine: RefineOpt = None,
+) -> None:
+    """Decide each field as a whole: its mean crop probability at the model's threshold (outside fields: per pixel).
+
+    Writes prediction.tif (COG, 1 crop, 0 non-crop, 255 nodata), fields.geojson and fields.gpkg (the fields with
+    crop_probability, pixels and decision).
+    """
+    from cropseg.fields import decide_fields_files
+
+    cfg = with_refine(_config(config), refine)
+    with progress_bars() as progress:
+        paths = decide_fields_files(
+            model, image, fields_path, out, metadata=metadata, udm2=udm2, product=_product(product), config=cfg,
+            progress=progress, tile_size=tile_size,
+        )
+    for path in paths.values():
+        console.print(f"Written {path}")
 
 
 @app.command()
