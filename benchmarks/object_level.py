@@ -15,6 +15,8 @@ blocked validation folds), and scored against the image-year truth:
   polygons as a user would have them, geometry only (DWR: the survey's polygons of the label year, from
   which `cropseg synth` drew the scene, so they fit its fields exactly; Sentinel-2: the OSM land-use
   polygons that label it); pixels outside keep their own decision;
+- the KNN reference (trained as "Accuracy" trains it), per pixel and decided per field the same way, for
+  the error ratios of `cropseg fields` against both;
 - an oracle (DWR only): the probabilities averaged within the true land-cover regions of the scene
   (connected pixels of one cover, from `cover_labels.tif`): a bound on what field-level decisions
   could give with perfect fields. It also knows the bare headlands belong to their fields;
@@ -29,6 +31,7 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -55,6 +58,8 @@ from cropseg.train import train_from_files  # noqa: E402
 from cropseg.vector_io import read_vector  # noqa: E402
 
 SEGMENTATIONS = ((2, 200), (4, 200), (4, 800))  # (reduction in px, Felzenszwalb scale)
+KNN = "KNN reference"
+WITHIN = "mean within the area's field polygons"
 
 
 def scene_proba(trained: TrainedModel, scene: Scene) -> np.ndarray:
@@ -170,7 +175,7 @@ def main() -> None:
         for name, proba in (("", default), (" --no-refine", raw)):
             decided = decided_per_field(proba, ids, threshold)
             wf1, nc, _ = judge(proba, crop=np.where(decided == 255, 0, decided))
-            found[f"`cropseg fields{name}`: mean within the area's field polygons"] = (wf1, nc, "")
+            found[f"`cropseg fields{name}`: {WITHIN}"] = (wf1, nc, "")
         reflectance = scene.read_reflectance()
         inside = region_mean(raw, ids)
         for reduce, scale in SEGMENTATIONS:
@@ -182,6 +187,8 @@ def main() -> None:
             outside = region_mean(np.where(ids > 0, np.nan, raw), regions)
             wf1, nc, _ = judge(np.where(ids > 0, inside, outside))
             found[f"field polygons (unrefined), segment mean outside them (1/{reduce}, scale {scale})"] = (wf1, nc, "")
+        found.update(knn_rows(label, train_dir, truth, aoi, scene, ids, work.with_name(f"{work.name}_knn"), cfg,
+                              partial(score, actual=actual, eval_mask=eval_mask)))
         cover_path = eval_dir / "cover_labels.tif"
         if cover_path.exists() and eval_mask is None:
             import rasterio
@@ -203,8 +210,30 @@ def main() -> None:
         mpx = " / ".join(c[2] for c in by_set.values() if c[2])
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {mpx} |")
     print("\n".join(lines))
+    print("\nError ratios (1 - weighted F1, 1 - non-crop F1) of `cropseg fields` (LightGBM, refined):")
+    fields_row = rows[f"`cropseg fields`: {WITHIN}"]
+    for name, *_ in sets:
+        for knn in (KNN, f"{KNN}, `cropseg fields`"):
+            ratio = [(1 - float(fields_row[name][k])) / (1 - float(rows[knn][name][k])) for k in (0, 1)]
+            print(f"- {name}, against {knn}: {ratio[0]:.2f} / {ratio[1]:.2f}")
     print("\nError (share of the scene's pixels) by land cover, default against the oracle (unrefined):")
     print("\n".join(errors))
+
+
+def knn_rows(
+    label: str, train_dir: Path, truth: Path, aoi: Path | None, scene: Scene, ids: np.ndarray, work: Path, cfg: Config,
+    judge: Callable[..., tuple[float, float, np.ndarray]],
+) -> dict[str, tuple[float, float, str]]:
+    """The KNN reference (as "Accuracy" trains it), per pixel and decided per field like `cropseg fields`."""
+    res = train_from_files(train_dir, truth, work, aoi=aoi, kind="knn", config=cfg,
+                           label_field="CLASS1" if truth.suffix != ".tif" else None)
+    proba = scene_proba(with_refinement(res.trained, cfg.predict), scene)  # not refined: knn
+    threshold = res.trained.threshold
+    decided = decided_per_field(proba, ids, threshold)
+    wf1, nc, _ = judge(proba, threshold)
+    fwf1, fnc, _ = judge(proba, threshold, crop=np.where(decided == 255, 0, decided))
+    print(f"  {label}: KNN threshold {threshold:.2f}", flush=True)
+    return {KNN: (wf1, nc, ""), f"{KNN}, `cropseg fields`": (fwf1, fnc, "")}
 
 
 def error_line(label: str, cover: np.ndarray, names: list[str], actual: np.ndarray,
