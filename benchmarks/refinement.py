@@ -4,8 +4,11 @@ Two pairs of procedural `cropseg synth` scenes (4.5 km, seeds 11 -> 12 and 13 ->
 0.1): LightGBM with the library defaults is trained on the first scene of a pair, its crop
 probabilities for the second are refined with each (radius, eps, step) of the grid (with step s,
 the filter gets the probabilities of every s-th pixel of each row and column only, as in
-prediction), thresholded at the model's threshold and scored against the image-year truth. The DWR and
-Sentinel-2 data of benchmarks/accuracy.py stay held out: the chosen setting is then measured there.
+prediction), thresholded at the model's threshold and scored against the image-year truth. A second
+table smooths the guide (red and NIR averaged over a small box, over the data pixels) before the
+filter sees it, at the default's step 4 and eps 3e-5: does a guide without the crowns, rows and pixel
+noise, whose edges are then those between fields, refine better? The DWR and Sentinel-2 data of
+benchmarks/accuracy.py stay held out: the chosen setting is then measured there.
 
     python benchmarks/refinement.py [--workdir /tmp/cropseg-bench]
 """
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import PROCEDURAL_PAIRS, procedural_scene  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
-from cropseg.features import data_mask  # noqa: E402
+from cropseg.features import data_mask, inverse_count, window_mean  # noqa: E402
 from cropseg.predict import predict_proba_window  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
 from cropseg.refine import Refinement, guided_filter  # noqa: E402
@@ -32,6 +35,9 @@ from cropseg.train import train_from_files  # noqa: E402
 RADII = (4, 8, 16, 24, 32)
 EPS = (1e-5, 3e-5, 1e-4, 3e-4)
 STEPS = (1, 2, 4)
+#: Box sizes (px) of the smoothed guide (1: the guide as it is) and the radii they are tried with.
+GUIDE_BOXES = (1, 3, 5, 7)
+GUIDE_RADII = (8, 16, 32)
 
 
 def weighted_f1(pred: np.ndarray, data: np.ndarray, truth: np.ndarray) -> float:
@@ -39,11 +45,20 @@ def weighted_f1(pred: np.ndarray, data: np.ndarray, truth: np.ndarray) -> float:
     return float(pixel_metrics(coded, truth)["report"]["weighted avg"]["f1-score"])
 
 
+def smoothed(guide: np.ndarray, data: np.ndarray, size: int) -> np.ndarray:
+    """``guide`` (bands, rows, cols) averaged over ``size`` px boxes of the data pixels (``size`` 1: as it is)."""
+    if size == 1:
+        return guide
+    inv = inverse_count(data, size)
+    return np.stack([window_mean(np.where(data, g, 0).astype(np.float32), size, inv) for g in guide])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
     args = ap.parse_args()
     scores: dict[tuple[int, float, int], list[float]] = {}
+    guide_scores: dict[tuple[int, int], list[float]] = {}
     base = []
     for src, dst in PROCEDURAL_PAIRS:
         train_dir, eval_dir = procedural_scene(args.workdir, src), procedural_scene(args.workdir, dst)
@@ -62,6 +77,12 @@ def main() -> None:
                     refined = guided_filter(refl[[2, 3]], proba[::step, ::step], data, Refinement(radius, eps, step))
                     scores.setdefault((radius, eps, step), []).append(
                         weighted_f1(refined >= trained.threshold, data, truth))
+        for size in GUIDE_BOXES:
+            guide = smoothed(refl[[2, 3]], data, size)
+            for radius in GUIDE_RADII:
+                refined = guided_filter(guide, proba[::4, ::4], data, Refinement(radius, 3e-5, 4))
+                guide_scores.setdefault((size, radius), []).append(
+                    weighted_f1(refined >= trained.threshold, data, truth))
     print(f"no refinement: weighted F1 {' / '.join(f'{b:.4f}' for b in base)} (mean {np.mean(base):.4f})")
     print("| step | radius | " + " | ".join(f"eps {e:g}" for e in EPS) + " |")
     print("|---|---|" + "---|" * len(EPS))
@@ -72,6 +93,10 @@ def main() -> None:
     for step in STEPS:
         best = max((k for k in scores if k[2] == step), key=lambda k: np.mean(scores[k]))
         print(f"best at step {step}: radius {best[0]}, eps {best[1]:g}: mean weighted F1 {np.mean(scores[best]):.4f}")
+    print("\nsmoothed guide (step 4, eps 3e-5):\n| guide box | " + " | ".join(f"radius {r}" for r in GUIDE_RADII)
+          + " |\n|---|" + "---|" * len(GUIDE_RADII))
+    for size in GUIDE_BOXES:
+        print(f"| {size} | " + " | ".join(f"{np.mean(guide_scores[(size, r)]):.4f}" for r in GUIDE_RADII) + " |")
 
 
 if __name__ == "__main__":

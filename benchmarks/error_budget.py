@@ -1,0 +1,92 @@
+"""Where the default's errors lie: by distance to the crop / non-crop edge and by land cover, measured.
+
+Data (a) of benchmarks/accuracy.py (the `cropseg synth` scenes of the DWR AOIs, both directions): the
+default model (LightGBM, `texture` features, library defaults) is trained as `cropseg train` trains it,
+predicts the evaluation scene as `cropseg predict` does (refined), and its errors against the
+image-year truth are split by the pixel's distance to the nearest crop / non-crop edge of that truth
+(Euclidean, px) and by the synthetic scene's land cover. Each figure is a share of the scored pixels:
+crop called non-crop is what costs non-crop precision, non-crop called crop non-crop recall. Errors at
+the edge (mixed pixels, headlands) are what a sharper boundary could fix; errors deep inside are whole
+fields or patches that look like the other class.
+
+    python benchmarks/error_budget.py [--workdir /tmp/cropseg-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._data import DWR, dwr_scenes  # noqa: E402
+from cropseg.config import Config  # noqa: E402
+from cropseg.predict import predict_scene, with_refinement  # noqa: E402
+from cropseg.raster_io import read  # noqa: E402
+from cropseg.scene import open_scene  # noqa: E402
+from cropseg.train import train_from_files  # noqa: E402
+
+#: Distance bands (px) to the crop / non-crop edge of the truth.
+BANDS = ((0.0, 1.5), (1.5, 3.0), (3.0, 6.0), (6.0, 12.0), (12.0, np.inf))
+
+
+def edge_distance(crop: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Distance (px) of each pixel to the nearest scored pixel pair of different classes (4-neighbours)."""
+    edge = np.zeros(crop.shape, dtype=bool)
+    vertical = (crop[:-1] != crop[1:]) & scored[:-1] & scored[1:]
+    horizontal = (crop[:, :-1] != crop[:, 1:]) & scored[:, :-1] & scored[:, 1:]
+    edge[:-1] |= vertical
+    edge[1:] |= vertical
+    edge[:, :-1] |= horizontal
+    edge[:, 1:] |= horizontal
+    return np.asarray(ndimage.distance_transform_edt(~edge))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
+    args = ap.parse_args()
+    cfg = Config()
+    scenes = dwr_scenes(args.workdir, change_rate=0.1)
+    for src, dst in (("test", "train"), ("train", "test")):
+        res = train_from_files(scenes[src], DWR / f"ground-truth-{src}.geojson", args.workdir / f"budget_{src}",
+                               aoi=DWR / f"aoi-{src}.geojson", kind="lgbm", config=cfg)
+        out = args.workdir / f"budget_{src}_pred.tif"
+        predict_scene(with_refinement(res.trained, cfg.predict), open_scene(scenes[dst]), out,
+                      cfg.predict.tile_size, resume=False)
+        pred = read(out)[0]
+        actual = read(scenes[dst] / "actual.tif")[0]
+        with rasterio.open(scenes[dst] / "cover_labels.tif") as ds:
+            cover, names = ds.read(1), ds.tags()["COVERS"].split(",")
+        scored = (actual != 255) & (pred != 255)
+        n = scored.sum()
+        crop = actual == 1
+        crop_as_non = scored & crop & (pred == 0)
+        non_as_crop = scored & ~crop & (pred == 1)
+        dist = edge_distance(crop, scored)
+        print(f"\nDWR {src}->{dst}: {(crop_as_non.sum() + non_as_crop.sum()) / n:.4f} of {n} scored pixels wrong\n")
+        print("| distance to the crop / non-crop edge (px) | pixels | crop called non-crop | non-crop called crop |")
+        print("|---|---|---|---|")
+        for lo, hi in BANDS:
+            band = scored & (dist >= lo) & (dist < hi)
+            print(f"| {lo:g} to {hi:g} | {band.sum() / n:.3f} | {crop_as_non[band].sum() / n:.4f} "
+                  f"| {non_as_crop[band].sum() / n:.4f} |")
+        rows = []
+        for i, name in enumerate(names):
+            here = scored & (cover == i)
+            if here.any():
+                wrong = (crop_as_non | non_as_crop)[here].sum()
+                rows.append((wrong / n, name, here.sum() / n, wrong / here.sum()))
+        print("\n| land cover (largest error first) | pixels | error rate | error (share of pixels) |")
+        print("|---|---|---|---|")
+        for share, name, pixels, rate in sorted(rows, reverse=True)[:8]:
+            print(f"| {name} | {pixels:.3f} | {rate:.2f} | {share:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
