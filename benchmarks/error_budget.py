@@ -4,7 +4,8 @@ Data (a) of benchmarks/accuracy.py (the `cropseg synth` scenes of the DWR AOIs, 
 default model (LightGBM, `texture` features, library defaults) is trained as `cropseg train` trains it,
 predicts the evaluation scene as `cropseg predict` does (refined), and its errors against the
 image-year truth are split by the pixel's distance to the nearest crop / non-crop edge of that truth
-(Euclidean, px) and by the synthetic scene's land cover. Each figure is a share of the scored pixels:
+(Euclidean, px) and by the synthetic scene's land cover; the same model unrefined (`--no-refine`)
+beside it. Each figure is a share of the scored pixels:
 crop called non-crop is what costs non-crop precision, non-crop called crop non-crop recall. Errors at
 the edge (mixed pixels, headlands) are what a sharper boundary could fix; errors deep inside are whole
 fields or patches that look like the other class.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +58,13 @@ def main() -> None:
     for src, dst in (("test", "train"), ("train", "test")):
         res = train_from_files(scenes[src], DWR / f"ground-truth-{src}.geojson", args.workdir / f"budget_{src}",
                                aoi=DWR / f"aoi-{src}.geojson", kind="lgbm", config=cfg)
-        out = args.workdir / f"budget_{src}_pred.tif"
-        predict_scene(with_refinement(res.trained, cfg.predict), open_scene(scenes[dst]), out,
-                      cfg.predict.tile_size, resume=False)
-        pred = read(out)[0]
+        preds = {}
+        for refine in ("on", "off"):  # as `cropseg predict` runs it, and with --no-refine
+            out = args.workdir / f"budget_{src}_{refine}.tif"
+            trained = with_refinement(res.trained, replace(cfg.predict, refine=refine))
+            predict_scene(trained, open_scene(scenes[dst]), out, cfg.predict.tile_size, resume=False)
+            preds[refine] = read(out)[0]
+        pred = preds["on"]
         actual = read(scenes[dst] / "actual.tif")[0]
         with rasterio.open(scenes[dst] / "cover_labels.tif") as ds:
             cover, names = ds.read(1), ds.tags()["COVERS"].split(",")
@@ -68,14 +73,17 @@ def main() -> None:
         crop = actual == 1
         crop_as_non = scored & crop & (pred == 0)
         non_as_crop = scored & ~crop & (pred == 1)
+        unrefined_wrong = scored & (preds["off"] != actual)
         dist = edge_distance(crop, scored)
-        print(f"\nDWR {src}->{dst}: {(crop_as_non.sum() + non_as_crop.sum()) / n:.4f} of {n} scored pixels wrong\n")
-        print("| distance to the crop / non-crop edge (px) | pixels | crop called non-crop | non-crop called crop |")
-        print("|---|---|---|---|")
+        print(f"\nDWR {src}->{dst}: {(crop_as_non.sum() + non_as_crop.sum()) / n:.4f} of {n} scored pixels wrong "
+              f"({unrefined_wrong.sum() / n:.4f} unrefined)\n")
+        print("| distance to the crop / non-crop edge (px) | pixels | crop called non-crop | non-crop called crop "
+              "| wrong, unrefined |")
+        print("|---|---|---|---|---|")
         for lo, hi in BANDS:
             band = scored & (dist >= lo) & (dist < hi)
             print(f"| {lo:g} to {hi:g} | {band.sum() / n:.3f} | {crop_as_non[band].sum() / n:.4f} "
-                  f"| {non_as_crop[band].sum() / n:.4f} |")
+                  f"| {non_as_crop[band].sum() / n:.4f} | {unrefined_wrong[band].sum() / n:.4f} |")
         rows = []
         for i, name in enumerate(names):
             here = scored & (cover == i)
