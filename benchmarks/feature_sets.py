@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._data import DWR, PROCEDURAL_PAIRS, dwr_scenes, procedural_scene  # noqa: E402
 from cropseg import accel  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
-from cropseg.features import FeatureSpec  # noqa: E402
+from cropseg.features import FeatureSpec, feature_preset  # noqa: E402
 from cropseg.predict import predict_proba_window, predict_scene  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
 from cropseg.scene import open_scene  # noqa: E402
@@ -35,8 +36,13 @@ SPECTRAL = ("ndvi", "ndwi", "evi2", "brightness")
 
 def _set(context: tuple[str, ...] = ("nir", "red", "ndvi"), scales: tuple[int, ...] = (3, 7, 15, 31),
          texture: tuple[float, ...] = (), windows: tuple[int, ...] = (15,)) -> FeatureSpec:
-    """The 4 bands, 4 indices, mean / std of ``context`` over ``scales`` px, row texture at ``texture`` periods."""
-    return FeatureSpec(indices=SPECTRAL, context=context, scales=scales, texture=texture, texture_windows=windows)
+    """The 4 bands, 4 indices, mean / std of ``context`` over ``scales`` px, row texture at ``texture`` periods.
+
+    The row texture takes the ``texture`` preset's directions, base image and window stride (rows measured
+    before those existed used four directions on red + NIR and every pixel of the windows: see BENCHMARKS.md).
+    """
+    return replace(feature_preset("texture"), indices=SPECTRAL, context=context, scales=scales, texture=texture,
+                   texture_windows=windows)
 
 
 #: name -> feature set: the 4 PlanetScope bands, 4 indices, mean / std of some of them at some window sizes, and
