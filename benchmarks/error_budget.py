@@ -21,12 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._data import DWR, dwr_scenes  # noqa: E402
+from benchmarks.accuracy import dwr_data, errors_by_cover  # noqa: E402
 from cropseg.config import Config  # noqa: E402
 from cropseg.predict import predict_scene, with_refinement  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
@@ -54,20 +53,16 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
     args = ap.parse_args()
     cfg = Config()
-    scenes = dwr_scenes(args.workdir, change_rate=0.1)
-    for src, dst in (("test", "train"), ("train", "test")):
-        res = train_from_files(scenes[src], DWR / f"ground-truth-{src}.geojson", args.workdir / f"budget_{src}",
-                               aoi=DWR / f"aoi-{src}.geojson", kind="lgbm", config=cfg)
+    for data, train_dir, labels, aoi, eval_dir, truths in dwr_data(args.workdir):
+        res = train_from_files(train_dir, labels, args.workdir / f"budget_{train_dir.name}", aoi=aoi, kind="lgbm",
+                               config=cfg)
         preds = {}
         for refine in ("on", "off"):  # as `cropseg predict` runs it, and with --no-refine
-            out = args.workdir / f"budget_{src}_{refine}.tif"
+            out = args.workdir / f"budget_{train_dir.name}_{refine}.tif"
             trained = with_refinement(res.trained, replace(cfg.predict, refine=refine))
-            predict_scene(trained, open_scene(scenes[dst]), out, cfg.predict.tile_size, resume=False)
+            predict_scene(trained, open_scene(eval_dir), out, cfg.predict.tile_size, resume=False)
             preds[refine] = read(out)[0]
-        pred = preds["on"]
-        actual = read(scenes[dst] / "actual.tif")[0]
-        with rasterio.open(scenes[dst] / "cover_labels.tif") as ds:
-            cover, names = ds.read(1), ds.tags()["COVERS"].split(",")
+        pred, actual, cover, names = preds["on"], truths["actual"], truths["cover"], truths["cover_names"]
         scored = (actual != 255) & (pred != 255)
         n = scored.sum()
         crop = actual == 1
@@ -75,7 +70,7 @@ def main() -> None:
         non_as_crop = scored & ~crop & (pred == 1)
         unrefined_wrong = scored & (preds["off"] != actual)
         dist = edge_distance(crop, scored)
-        print(f"\nDWR {src}->{dst}: {(crop_as_non.sum() + non_as_crop.sum()) / n:.4f} of {n} scored pixels wrong "
+        print(f"\n{data}: {(crop_as_non.sum() + non_as_crop.sum()) / n:.4f} of {n} scored pixels wrong "
               f"({unrefined_wrong.sum() / n:.4f} unrefined)\n")
         print("| distance to the crop / non-crop edge (px) | pixels | crop called non-crop | non-crop called crop "
               "| wrong, unrefined |")
@@ -84,12 +79,10 @@ def main() -> None:
             band = scored & (dist >= lo) & (dist < hi)
             print(f"| {lo:g} to {hi:g} | {band.sum() / n:.3f} | {crop_as_non[band].sum() / n:.4f} "
                   f"| {non_as_crop[band].sum() / n:.4f} | {unrefined_wrong[band].sum() / n:.4f} |")
-        rows = []
-        for i, name in enumerate(names):
-            here = scored & (cover == i)
-            if here.any():
-                wrong = (crop_as_non | non_as_crop)[here].sum()
-                rows.append((wrong / n, name, here.sum() / n, wrong / here.sum()))
+        cover_share = np.bincount(cover[scored & (cover != 255)], minlength=len(names)) / n
+        rates = errors_by_cover(pred, actual, cover, names)
+        rows = [(rates[name] * cover_share[i], name, cover_share[i], rates[name])
+                for i, name in enumerate(names) if name in rates]
         print("\n| land cover (largest error first) | pixels | error rate | error (share of pixels) |")
         print("|---|---|---|---|")
         for share, name, pixels, rate in sorted(rows, reverse=True)[:8]:

@@ -24,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 from rasterio.features import rasterize
 
@@ -33,7 +34,7 @@ from benchmarks._data import DWR, dwr_scenes  # noqa: E402
 from cropseg.config import Config  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
 from cropseg.features import band_names_for  # noqa: E402
-from cropseg.label import crop_polygons, load_labels  # noqa: E402
+from cropseg.label import crop_polygons, rasterize_labels  # noqa: E402
 from cropseg.models.lgbm import LGBMModel  # noqa: E402
 from cropseg.predict import predict_scene, with_refinement  # noqa: E402
 from cropseg.raster_io import read  # noqa: E402
@@ -49,9 +50,9 @@ from cropseg.train import (  # noqa: E402
 from cropseg.vector_io import read_vector  # noqa: E402
 
 
-def polygon_ids(scene: Scene, truth: Path, cfg: Config) -> np.ndarray:
+def polygon_ids(scene: Scene, truth: gpd.GeoDataFrame, cfg: Config) -> np.ndarray:
     """int32 (rows, cols): 1 + the index of the crop polygon covering each pixel, 0 outside every crop polygon."""
-    crops = crop_polygons(read_vector(truth, "ground truth"), "CLASS1", cfg.labels.crop_classes)
+    crops = crop_polygons(truth, "CLASS1", cfg.labels.crop_classes)
     ids = np.zeros(scene.grid.shape, dtype=np.int32)
     shapes = [(g, i + 1) for i, g in enumerate(crops.to_crs(scene.grid.crs).geometry) if g is not None]
     rasterize(shapes, out=ids, transform=scene.grid.transform)
@@ -77,9 +78,9 @@ def main() -> None:
     for src, dst in (("test", "train"), ("train", "test")):
         scene = open_scene(scenes[src])
         spec = resolve_features("lgbm", band_names_for(scene.band_count))
-        truth_path = DWR / f"ground-truth-{src}.geojson"
-        labels = load_labels(truth_path, scene.grid, DWR / f"aoi-{src}.geojson", "CLASS1",
-                             cfg.labels.crop_classes, valid=scene.read_valid())
+        truth = read_vector(DWR / f"ground-truth-{src}.geojson", "ground truth")
+        labels = rasterize_labels(truth, scene.grid, "CLASS1", cfg.labels.crop_classes,
+                                  aoi=read_vector(DWR / f"aoi-{src}.geojson", "AOI"), valid=scene.read_valid())
         idx = sample_pixels(labels, cfg.train.tree_sample_size, cfg.train.seed)
         y = labels.ravel()[idx].astype(int)
         groups = block_groups(idx, scene.grid.width, cfg.train.cv_block)
@@ -90,7 +91,7 @@ def main() -> None:
         own = np.where(y == 1, oof, 1 - oof)
 
         # each sample's crop polygon, each polygon's mean out-of-fold probability, and which really changed
-        ids = polygon_ids(scene, truth_path, cfg)
+        ids = polygon_ids(scene, truth, cfg)
         n = int(ids.max()) + 1
         sample_ids = ids.ravel()[idx]
         count, mean_oof = field_means(sample_ids, oof, n)

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import PROCEDURAL_PAIRS, procedural_scene  # noqa: E402
+from cropseg.config import PredictConfig  # noqa: E402
 from cropseg.evaluate import pixel_metrics  # noqa: E402
 from cropseg.features import data_mask, inverse_count, window_mean  # noqa: E402
 from cropseg.predict import predict_proba_window  # noqa: E402
@@ -58,7 +59,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cropseg-bench"))
     args = ap.parse_args()
     scores: dict[tuple[int, float, int], list[float]] = {}
-    guide_scores: dict[tuple[int, int], list[float]] = {}
+    guide_scores: dict[tuple[int, int], list[float]] = {}  # smoothed guides, at the default's eps and step
+    default = PredictConfig()
     base = []
     for src, dst in PROCEDURAL_PAIRS:
         train_dir, eval_dir = procedural_scene(args.workdir, src), procedural_scene(args.workdir, dst)
@@ -77,10 +79,12 @@ def main() -> None:
                     refined = guided_filter(refl[[2, 3]], proba[::step, ::step], data, Refinement(radius, eps, step))
                     scores.setdefault((radius, eps, step), []).append(
                         weighted_f1(refined >= trained.threshold, data, truth))
+        lattice = slice(None, None, default.refine_step)
         for size in GUIDE_BOXES:
             guide = smoothed(refl[[2, 3]], data, size)
             for radius in GUIDE_RADII:
-                refined = guided_filter(guide, proba[::4, ::4], data, Refinement(radius, 3e-5, 4))
+                refined = guided_filter(guide, proba[lattice, lattice], data,
+                                        Refinement(radius, default.refine_eps, default.refine_step))
                 guide_scores.setdefault((size, radius), []).append(
                     weighted_f1(refined >= trained.threshold, data, truth))
     print(f"no refinement: weighted F1 {' / '.join(f'{b:.4f}' for b in base)} (mean {np.mean(base):.4f})")
@@ -93,8 +97,8 @@ def main() -> None:
     for step in STEPS:
         best = max((k for k in scores if k[2] == step), key=lambda k: np.mean(scores[k]))
         print(f"best at step {step}: radius {best[0]}, eps {best[1]:g}: mean weighted F1 {np.mean(scores[best]):.4f}")
-    print("\nsmoothed guide (step 4, eps 3e-5):\n| guide box | " + " | ".join(f"radius {r}" for r in GUIDE_RADII)
-          + " |\n|---|" + "---|" * len(GUIDE_RADII))
+    print(f"\nsmoothed guide (step {default.refine_step}, eps {default.refine_eps:g}):")
+    print("| guide box | " + " | ".join(f"radius {r}" for r in GUIDE_RADII) + " |\n|---|" + "---|" * len(GUIDE_RADII))
     for size in GUIDE_BOXES:
         print(f"| {size} | " + " | ".join(f"{np.mean(guide_scores[(size, r)]):.4f}" for r in GUIDE_RADII) + " |")
 
